@@ -1,0 +1,32 @@
+# The two commands of the README: `make demo` and `make test`. Both set up .venv/ first.
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(BIN):$(PATH)
+export HF_HUB_OFFLINE := 1
+
+.PHONY: setup demo test lint ui clean
+
+setup: $(STAMP)
+
+# Re-installs only when pyproject.toml changes: a second `make setup` costs nothing.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+demo: setup
+	dvc pull --quiet data.dvc
+	dvc repro
+	@echo "metrics:" && cat reports/eval/metrics.json
+	@echo "figures: reports/figures/  runs: make ui"
+
+lint: setup
+	ruff check .
+	ruff format --check .
+
+test: lint
+	pytest -q
+
+clean:
+	rm -rf prepared models reports checkpoints mlflow.db mlruns dvc_plots

@@ -1,0 +1,1 @@
+"""retino: diabetic-retinopathy grading with torchvision ResNets, DVC and MLflow."""

@@ -1,0 +1,5 @@
+import sys
+
+from retino.cli import main
+
+sys.exit(main())

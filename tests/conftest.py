@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny synthetic datasets and configs shrunk to run in seconds on a CPU."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from retino.config import Config, from_dict
+from retino.synth import synthesize
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # never wait on a download
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_source(tmp_path_factory) -> Path:
+    """A 48-train / 16-test synthetic dataset at 48 px, made once per session (copy to modify)."""
+    out = tmp_path_factory.mktemp("tiny") / "data"
+    synthesize(out, n_train=48, n_test=16, size=48, seed=3)
+    return out
+
+
+@pytest.fixture
+def tiny_data(tiny_source, tmp_path) -> Path:
+    """A private, writable copy of the tiny dataset."""
+    return Path(shutil.copytree(tiny_source, tmp_path / "data"))
+
+
+def tiny_config(**overrides) -> Config:
+    """The demo config shrunk: 32 px, 2 epochs, main-process loading."""
+    raw = {
+        "arch": "resnet18",
+        "pretrained": False,
+        "seed": 7,
+        "data": {"image_size": 32, "num_workers": 0, "val_fraction": 0.25, "stats_images": 16},
+        "train": {"epochs": 2, "batch_size": 8, "lr": 0.003, "warmup_epochs": 0},
+        "eval": {"batch_size": 16},
+    }
+    for dotted, value in overrides.items():
+        *parents, key = dotted.split("__")
+        node = raw
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[key] = value
+    return from_dict(raw)

@@ -1,0 +1,222 @@
+"""Tests for the synthetic fundus generator (`retino.synth`)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from retino import synth
+from retino.synth import GRADE_NAMES, GRADE_PRIORS, render_fundus, synthesize, write_preview
+
+NAME_RE = re.compile(r"^\d+_(left|right)$")
+
+
+def read_split(out: Path, split: str) -> tuple[list[str], list[int]]:
+    names = pd.read_csv(out / f"{split}_img.csv", header=None)
+    labels = pd.read_csv(out / f"{split}_label.csv", header=None)
+    assert names.shape[1] == 1 and labels.shape[1] == 1
+    return names[0].astype(str).tolist(), labels[0].astype(int).tolist()
+
+
+def all_files(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory) -> tuple[Path, dict[str, list[int]]]:
+    out = tmp_path_factory.mktemp("synth") / "data"
+    counts = synthesize(out, n_train=25, n_test=9, size=64, seed=3)
+    return out, counts
+
+
+def test_constants():
+    assert len(GRADE_PRIORS) == len(GRADE_NAMES) == 5
+    assert sum(GRADE_PRIORS) == pytest.approx(1.0)
+
+
+def test_layout(small_dataset):
+    out, counts = small_dataset
+    for split, n in (("train", 25), ("test", 9)):
+        for kind in ("img", "label"):
+            first = (out / f"{split}_{kind}.csv").read_text().splitlines()[0]
+            # headerless: the first row is already data
+            assert NAME_RE.match(first) if kind == "img" else first in {"0", "1", "2", "3", "4"}
+        names, labels = read_split(out, split)
+        assert len(names) == len(labels) == n
+        assert len(set(names)) == n
+        assert all(NAME_RE.match(nm) for nm in names)
+        assert set(labels) <= {0, 1, 2, 3, 4}
+        assert counts[split] == [labels.count(g) for g in range(5)]
+        for nm in names:
+            with Image.open(out / "images" / f"{nm}.jpeg") as im:
+                assert im.format == "JPEG"
+                assert im.mode == "RGB"
+                assert im.size == (64, 64)
+    assert len(list((out / "images").glob("*.jpeg"))) == 25 + 9
+
+
+def test_patients_and_splits(small_dataset):
+    out, _ = small_dataset
+    patients = {}
+    for split in ("train", "test"):
+        names, _ = read_split(out, split)
+        eyes: dict[str, list[str]] = {}
+        for nm in names:
+            pid, eye = nm.split("_")
+            eyes.setdefault(pid, []).append(eye)
+        for pid_eyes in eyes.values():
+            assert sorted(pid_eyes) in (["left", "right"], ["left"], ["right"])
+        # n odd -> exactly one single-eyed patient; both eyes otherwise
+        assert sum(len(e) == 1 for e in eyes.values()) == len(names) % 2
+        patients[split] = set(eyes)
+    assert not patients["train"] & patients["test"]
+
+
+def test_every_grade_in_small_train(small_dataset):
+    _, counts = small_dataset
+    assert all(c >= 1 for c in counts["train"])
+
+
+def test_deterministic_and_seed_dependent(tmp_path):
+    kw = {"n_train": 5, "n_test": 3, "size": 48}
+    synthesize(tmp_path / "a", seed=11, **kw)
+    synthesize(tmp_path / "b", seed=11, **kw)
+    synthesize(tmp_path / "c", seed=12, **kw)
+    a, b, c = (all_files(tmp_path / d) for d in "abc")
+    assert len(a) == 4 + 8
+    assert a == b
+    img_a = sorted(v for k, v in a.items() if k.endswith(".jpeg"))
+    img_c = sorted(v for k, v in c.items() if k.endswith(".jpeg"))
+    assert not set(img_a) & set(img_c)
+
+
+def test_parallel_path_matches_serial(tmp_path, monkeypatch):
+    kw = {"n_train": 20, "n_test": 14, "size": 32, "seed": 5}
+    synthesize(tmp_path / "serial", **kw)
+    monkeypatch.setattr(synth, "_PARALLEL_MIN_IMAGES", 1)
+    monkeypatch.setattr(synth, "_available_cpus", lambda: 2)
+    synthesize(tmp_path / "pool", **kw)
+    assert all_files(tmp_path / "serial") == all_files(tmp_path / "pool")
+
+
+def test_grade_priors(tmp_path):
+    counts = synthesize(tmp_path / "d", n_train=400, n_test=40, size=32, seed=0)
+    assert sum(counts["train"]) == 400 and sum(counts["test"]) == 40
+    _, labels = read_split(tmp_path / "d", "train")
+    shares = np.bincount(labels, minlength=5) / len(labels)
+    assert np.all(np.abs(shares - np.array(GRADE_PRIORS)) < 0.02), shares
+    assert all(c >= 1 for c in counts["train"])
+    assert all(c >= 1 for c in counts["test"])
+
+
+def _render(grade: int, seed: int, size: int = 64, eye: str = "left") -> np.ndarray:
+    img = render_fundus(grade, size, np.random.default_rng(seed), eye)
+    assert img.mode == "RGB" and img.size == (size, size)
+    return np.asarray(img, dtype=np.float64)
+
+
+def test_render_looks_like_a_fundus():
+    img = _render(0, 1, size=96)
+    lum = img.mean(axis=2)
+    # black surround in the corners, bright field of view in the middle
+    for corner in (lum[:6, :6], lum[:6, -6:], lum[-6:, :6], lum[-6:, -6:]):
+        assert corner.mean() < 12
+    centre = img[30:66, 30:66].reshape(-1, 3).mean(axis=0)
+    assert centre.mean() > 40
+    assert centre[0] > centre[1] > centre[2]  # orange-red retina
+
+
+def test_eyes_are_mirrored():
+    # the bright optic disc lies on the image's left for left eyes and on its right for right eyes
+    def disc_x(img: np.ndarray) -> float:
+        lum = img.mean(axis=2)
+        xs = np.nonzero(lum >= np.percentile(lum, 99.5))[1]
+        return float(np.median(xs))
+
+    for seed in range(4):
+        assert disc_x(_render(0, seed, eye="left")) < 32 < disc_x(_render(0, seed, eye="right"))
+
+
+def test_lesions_grow_with_grade():
+    """Renders from generators in the same state differ only by the lesions, so the mean
+    deviation from the healthy render measures how much lesion there is."""
+    seeds = range(8)
+    dev = {g: [] for g in range(5)}
+    changed = {g: [] for g in range(5)}
+    for s in seeds:
+        healthy = _render(0, s)
+        for g in range(5):
+            diff = np.abs(_render(g, s) - healthy).max(axis=2)
+            dev[g].append(diff.mean())
+            changed[g].append((diff > 20).mean())
+    mean_dev = {g: float(np.mean(v)) for g, v in dev.items()}
+    assert mean_dev[0] == 0.0  # grade 0 is the healthy render itself
+    assert 0 < mean_dev[1] < mean_dev[2] < mean_dev[4]
+    assert mean_dev[3] > mean_dev[2]
+    assert all(d > 0 for d in dev[4])  # every proliferative image has lesions
+    # lesions are local: mild eyes change only a tiny part of the image
+    assert np.mean(changed[1]) < 0.01
+    assert np.mean(changed[4]) > np.mean(changed[2]) > np.mean(changed[1])
+
+
+def test_camera_variation_between_healthy_images():
+    a, b = _render(0, 21), _render(0, 22)
+    assert np.abs(a - b).mean() > 5
+
+
+def test_preview(tmp_path):
+    path = tmp_path / "sub" / "preview.png"
+    write_preview(path, size=48, seed=0, per_grade=3)
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        w, h = im.size
+    assert 5 * 48 <= h < 6 * 48  # five rows
+    assert w >= 3 * 48
+
+
+def test_synthesize_writes_preview(tmp_path):
+    prev = tmp_path / "p.png"
+    synthesize(tmp_path / "d", n_train=2, n_test=1, size=32, seed=0, preview=prev)
+    assert prev.is_file()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"n_train": 0},
+        {"n_train": -3},
+        {"n_test": 0},
+        {"n_test": -1},
+        {"size": 31},
+        {"size": 0},
+        {"seed": -1},
+        {"n_train": 2.5},
+    ],
+)
+def test_synthesize_rejects_bad_arguments(tmp_path, kwargs):
+    args = {"n_train": 4, "n_test": 2, "size": 32, "seed": 0} | kwargs
+    with pytest.raises(ValueError):
+        synthesize(tmp_path / "d", **args)
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize(
+    ("grade", "size", "eye"), [(5, 64, "left"), (-1, 64, "left"), (0, 16, "left"), (0, 64, "up")]
+)
+def test_render_rejects_bad_arguments(grade, size, eye):
+    with pytest.raises(ValueError):
+        render_fundus(grade, size, np.random.default_rng(0), eye)
+
+
+def test_preview_rejects_bad_arguments(tmp_path):
+    with pytest.raises(ValueError):
+        write_preview(tmp_path / "p.png", size=64, seed=0, per_grade=0)
+    with pytest.raises(ValueError):
+        write_preview(tmp_path / "p.png", size=8, seed=0)
