@@ -1,0 +1,93 @@
+"""Datasets and loaders over the prepared split tables.
+
+A sample is decoded straight to a uint8 tensor and resized once to `image_size` (shorter side,
+then a centre crop: fundus photos are a disc on a wider black frame). Conversion to float,
+normalisation and augmentation happen per batch in `retino.transforms`, which is several times
+cheaper than the seed's per-image PIL -> ToTensor path.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.v2 import functional as TF
+
+from retino.errors import RetinoError
+
+
+class FundusDataset(Dataset):
+    """Rows of a prepared table (`path` relative to `root`, `label`) as (uint8 CHW, label)."""
+
+    def __init__(self, table: pd.DataFrame, root: Path, image_size: int) -> None:
+        self.paths = [str(Path(root) / p) for p in table["path"]]
+        self.labels = torch.tensor(table["label"].to_numpy(), dtype=torch.long)
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = load_image(self.paths[index], self.image_size)
+        return image, self.labels[index]
+
+
+def load_image(path: str, size: int) -> torch.Tensor:
+    """(3, size, size) uint8: decoded as RGB, shorter side resized to `size`, centre-cropped."""
+    try:
+        image = decode_image(path, mode=ImageReadMode.RGB)
+    except RuntimeError:
+        # libjpeg in torchvision rejects a few valid files (e.g. some CMYK JPEGs); PIL reads them.
+        with Image.open(path) as img:
+            image = TF.pil_to_tensor(img.convert("RGB"))
+    image = TF.resize(image, size, antialias=True)
+    return TF.center_crop(image, [size, size])
+
+
+def read_split(prepared: Path, split: str) -> pd.DataFrame:
+    path = Path(prepared) / f"{split}.csv"
+    try:
+        table = pd.read_csv(path)
+    except FileNotFoundError:
+        raise RetinoError(f"{path}: not found; run `dvc repro prepare` first") from None
+    if list(table.columns) != ["path", "label"] or table.empty:
+        raise RetinoError(f"{path}: expected columns path,label and rows; rerun prepare")
+    return table
+
+
+def default_workers(requested: int) -> int:
+    """-1 = one loader process per core (at most 8); 0 = load in the main process."""
+    return min(os.cpu_count() or 1, 8) if requested < 0 else requested
+
+
+def make_loader(
+    dataset: FundusDataset,
+    batch_size: int,
+    shuffle: bool,
+    workers: int,
+    pin_memory: bool,
+    generator: torch.Generator | None = None,
+) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,  # reseeded by the engine at every epoch for resumable shuffling
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+
+
+def read_stats(prepared: Path) -> dict:
+    """prepared/stats.json: grade counts per split and the train images' channel mean/std."""
+    path = Path(prepared) / "stats.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise RetinoError(f"{path}: missing or unreadable; run `dvc repro prepare` first") from None

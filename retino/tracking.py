@@ -1,0 +1,205 @@
+"""Everything MLflow: where the store is, which run we log to, and how runs end.
+
+The only module that imports mlflow. Store rule: MLFLOW_TRACKING_URI when set (a tracking server);
+otherwise `sqlite:///<root>/mlflow.db` with artifacts in `<root>/mlruns`, where root is the main
+workspace: DVC_ROOT (DVC sets it, also for queued runs executing in .dvc/tmp/exps/tmpXXXX), else the
+git top level. Never a relative path: a queued run's working copy is deleted afterwards.
+"""
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import yaml
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from retino.errors import RetinoError
+
+DEFAULT_EXPERIMENT = "retino"
+
+
+def project_root(start: Path | None = None) -> Path:
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    start = Path(start or Path.cwd())
+    top = _git(start, "rev-parse", "--show-toplevel")
+    return Path(top).resolve() if top else start.resolve()
+
+
+def tracking_uri(root: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve()}/mlflow.db"
+
+
+def _retry(call: Callable[[], Any], attempts: int = 8) -> Any:
+    """SQLite under parallel runs can raise "database is locked": back off and try again."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as err:  # MLflow wraps SQLAlchemy's OperationalError in several types
+            if "locked" not in str(err) or attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def init_store(root: Path, experiment: str = DEFAULT_EXPERIMENT) -> str:
+    """Point MLflow at the store and return the experiment id, creating both if needed.
+
+    Creation happens under a file lock: two fresh processes migrating one SQLite file at once
+    fail, and an experiment first created from a temp copy would freeze its artifact path there.
+    """
+    root = Path(root).resolve()
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    lock_dir = root / "mlruns"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / ".init.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        client = MlflowClient(uri)
+        found = _retry(lambda: client.get_experiment_by_name(experiment))
+        if found is not None:
+            return found.experiment_id
+        # A server stores artifacts itself (--serve-artifacts); a local store under <root>/mlruns.
+        location = None if uri.startswith("http") else (root / "mlruns").as_uri()
+        return _retry(lambda: client.create_experiment(experiment, artifact_location=location))
+
+
+def run_tags(root: Path, cfg_flat: dict[str, Any]) -> dict[str, str]:
+    """Provenance: code version, DVC experiment, data version, model."""
+    tags = {
+        "git_commit": _git(Path.cwd(), "rev-parse", "HEAD") or "unknown",
+        "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
+        "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
+        "data_md5": data_version(Path.cwd() / "data.dvc"),
+        "arch": str(cfg_flat["arch"]),
+        "pretrained": str(cfg_flat["pretrained"]),
+    }
+    return {k: v for k, v in tags.items() if v}
+
+
+def run_name(cfg_flat: dict[str, Any]) -> str:
+    if os.environ.get("DVC_EXP_NAME"):
+        return os.environ["DVC_EXP_NAME"]
+    kind = "scratch" if cfg_flat["pretrained"] is False else "pretrained"
+    sha = (_git(Path.cwd(), "rev-parse", "--short", "HEAD") or "nogit")[:7]
+    return f"{cfg_flat['arch']}-{kind}-{sha}"
+
+
+def data_version(dvc_file: Path) -> str:
+    try:
+        outs = yaml.safe_load(dvc_file.read_text())["outs"]
+        return str(outs[0]["md5"])
+    except (OSError, KeyError, IndexError, TypeError, yaml.YAMLError):
+        return ""
+
+
+class Run:
+    """One MLflow run, logged to with retries. Use `start_run` / `resume_run` to get one."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        _retry(lambda: mlflow.log_params({k: str(v) for k, v in params.items()}))
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        _retry(lambda: mlflow.log_metrics(metrics, step=step))
+
+    def log_history(self, rows: list[dict[str, float]]) -> None:
+        """Per-epoch rows (with an `epoch` key) as metrics at step=epoch, skipping logged epochs."""
+        client = MlflowClient()
+        logged = {
+            m.step for m in _retry(lambda: client.get_metric_history(self.run_id, "val_loss"))
+        }
+        for row in rows:
+            if row["epoch"] not in logged:
+                metrics = {k: v for k, v in row.items() if k != "epoch"}
+                self.log_metrics(metrics, step=int(row["epoch"]))
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        _retry(lambda: mlflow.log_artifact(str(path), artifact_path))
+
+    def log_model(self, model: Any, input_example: Any) -> None:
+        import mlflow.pytorch  # 10 s import: only the train stage pays for it
+        import torch
+        import torchvision
+
+        requirements = [f"torch=={torch.__version__.split('+')[0]}",
+                        f"torchvision=={torchvision.__version__.split('+')[0]}"]  # fmt: skip
+        _retry(
+            lambda: mlflow.pytorch.log_model(
+                model, name="model", input_example=input_example, pip_requirements=requirements
+            )
+        )
+
+
+@contextlib.contextmanager
+def open_run(
+    root: Path,
+    run_id: str | None = None,
+    name: str | None = None,
+    tags: dict[str, str] | None = None,
+    experiment: str = DEFAULT_EXPERIMENT,
+) -> Iterator[Run]:
+    """Start a run (or reopen `run_id`) and end it FINISHED, FAILED on error, KILLED on interrupt.
+
+    SIGTERM is turned into KeyboardInterrupt for the duration, so `kill` (and `dvc queue kill`)
+    marks the run KILLED instead of leaving it RUNNING forever.
+    """
+    experiment_id = init_store(root, experiment)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        active = _retry(
+            lambda: mlflow.start_run(
+                run_id=run_id, experiment_id=None if run_id else experiment_id,
+                run_name=name, tags=tags,
+            )
+        )  # fmt: skip
+    except MlflowException as err:
+        signal.signal(signal.SIGTERM, previous)
+        raise RetinoError(f"MLflow run {run_id}: {err.message.splitlines()[0]}") from None
+    status = "FINISHED"
+    try:
+        yield Run(active.info.run_id)
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        _retry(lambda: mlflow.end_run(status=status))
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def write_run_file(path: Path, run_id: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"run_id": run_id}) + "\n")
+
+
+def read_run_file(path: Path) -> str:
+    try:
+        return json.loads(Path(path).read_text())["run_id"]
+    except (OSError, ValueError, KeyError):
+        raise RetinoError(f"{path}: no MLflow run id; run the train stage first") from None
+
+
+def _git(cwd: Path, *args: str) -> str:
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
+    except OSError:
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""

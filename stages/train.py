@@ -1,0 +1,29 @@
+"""train: fit the configured ResNet on prepared/, select on validation, log to MLflow."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from retino.config import load_config
+from retino.errors import exit_on_error
+from retino.train import train
+
+
+@exit_on_error
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--data", type=Path, default=Path("data"))
+    parser.add_argument("--prepared", type=Path, default=Path("prepared"))
+    parser.add_argument("--models", type=Path, default=Path("models"))
+    parser.add_argument("--reports", type=Path, default=Path("reports/train"))
+    parser.add_argument("--checkpoints", type=Path, default=Path("checkpoints"))
+    args = parser.parse_args()
+    cfg = load_config(args.params)
+    result = train(cfg, args.data, args.prepared, args.models, args.reports, args.checkpoints)
+    print(f"best epoch {result.best_epoch}: {cfg.train.select_metric} "
+          f"{result.best[cfg.train.select_metric]:.4f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())
