@@ -1,0 +1,37 @@
+"""evaluate: run the selected checkpoint once over the test split; log test_* to the run."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from retino.config import load_config
+from retino.errors import exit_on_error
+from retino.evaluation import evaluate_test
+from retino.tracking import open_run, project_root, read_run_file
+
+
+@exit_on_error
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--data", type=Path, default=Path("data"))
+    parser.add_argument("--prepared", type=Path, default=Path("prepared"))
+    parser.add_argument("--models", type=Path, default=Path("models"))
+    parser.add_argument("--out", type=Path, default=Path("reports/eval"))
+    args = parser.parse_args()
+    cfg = load_config(args.params)
+    run_id = read_run_file(args.models / "run.json")
+    metrics = evaluate_test(
+        args.models / "best.pt", args.data, args.prepared, args.out, cfg.eval.batch_size,
+        cfg.train.device,
+    )  # fmt: skip
+    with open_run(project_root(), run_id) as run:
+        run.log_metrics({f"test_{k}": v for k, v in metrics.items()})
+        for name in ("metrics.json", "predictions.csv", "confusion.json"):
+            run.log_artifact(args.out / name, "eval")
+    print(f"test accuracy {metrics['accuracy']:.4f} (always grade 0: "
+          f"{metrics['majority_accuracy']:.4f}), QWK {metrics['qwk']:.4f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())

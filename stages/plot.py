@@ -1,0 +1,35 @@
+"""plot: training curves and confusion matrices as PNGs, logged to the same MLflow run."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from retino.errors import exit_on_error
+from retino.plots import plot_confusion, plot_curves
+from retino.tracking import open_run, project_root, read_run_file
+
+
+@exit_on_error
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--history", type=Path, default=Path("reports/train/history.csv"))
+    parser.add_argument("--confusion", type=Path, default=Path("reports/eval/confusion.json"))
+    parser.add_argument("--run", type=Path, default=Path("models/run.json"))
+    parser.add_argument("--out", type=Path, default=Path("reports/figures"))
+    args = parser.parse_args()
+    counts = np.array(json.loads(args.confusion.read_text())["counts"])
+    figures = {"curves.png": args.out / "curves.png", "confusion.png": args.out / "confusion.png"}
+    plot_curves(pd.read_csv(args.history), figures["curves.png"])
+    plot_confusion(counts, figures["confusion.png"], title="Test set")
+    with open_run(project_root(), read_run_file(args.run)) as run:
+        for path in figures.values():
+            run.log_artifact(path, "figures")
+    print("wrote " + ", ".join(str(p) for p in figures.values()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
