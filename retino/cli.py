@@ -35,6 +35,17 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from retino.compare import compare
+    from retino.tracking import project_root
+
+    notes = compare(project_root(), args.out, args.experiment, args.runs)
+    for note in notes:
+        print(f"note: {note}")
+    print(f"wrote {args.out}/results.md, results.csv and figures")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="retino", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -51,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a dataset in the lab layout and summarise it")
     p.add_argument("dir", type=Path, help="dataset root (holds train_img.csv ... and images/)")
     p.set_defaults(handler=_validate)
+
+    p = sub.add_parser("compare", help="the seed's results table and figures from MLflow runs")
+    p.add_argument("--out", type=Path, required=True, help="folder for results.md/.csv and PNGs")
+    p.add_argument("--experiment", default="retino", help="MLflow experiment (default retino)")
+    p.add_argument("--runs", nargs="+", metavar="RUN", help="only these run ids or run names")
+    p.set_defaults(handler=_compare)
     return parser
 
 

@@ -9,11 +9,13 @@ git top level. Never a relative path: a queued run's working copy is deleted aft
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,9 @@ from mlflow.tracking import MlflowClient
 from retino.errors import RetinoError
 
 DEFAULT_EXPERIMENT = "retino"
+# artifact downloads draw a tqdm bar per file, and a new store logs its schema set-up: noise
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -203,3 +208,149 @@ def _git(cwd: Path, *args: str) -> str:
     except OSError:
         return ""
     return out.stdout.strip() if out.returncode == 0 else ""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What reports need of a logged run, without MLflow types."""
+
+    run_id: str
+    name: str
+    status: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+
+
+def list_runs(
+    root: Path, experiment: str = DEFAULT_EXPERIMENT, run_ids: list[str] | None = None
+) -> list[RunRecord]:
+    """Runs of `experiment` (or just `run_ids`, given as ids or run names), oldest first."""
+    uri = tracking_uri(root)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise RetinoError(f"no MLflow store at {uri}; run `dvc repro` first")
+    client = MlflowClient(uri)
+    found = _retry(lambda: client.get_experiment_by_name(experiment))
+    if found is None:
+        raise RetinoError(f"no MLflow experiment {experiment!r} in {uri}; run `dvc repro` first")
+    runs = _retry(lambda: client.search_runs([found.experiment_id], order_by=["start_time ASC"]))
+    records = [
+        RunRecord(r.info.run_id, r.info.run_name, r.info.status, r.data.params, r.data.metrics)
+        for r in runs
+    ]
+    if run_ids:
+        wanted = set(run_ids)
+        records = [r for r in records if r.run_id in wanted or r.name in wanted]
+        missing = wanted - {r.run_id for r in records} - {r.name for r in records}
+        if missing:
+            raise RetinoError(f"run {sorted(missing)[0]!r} not found in experiment {experiment!r}")
+    return records
+
+
+def metric_history(root: Path, run_id: str, key: str) -> dict[int, float]:
+    """step -> value of a per-epoch metric (the last value logged at each step)."""
+    client = MlflowClient(tracking_uri(root))
+    return {m.step: m.value for m in _retry(lambda: client.get_metric_history(run_id, key))}
+
+
+def read_artifact(root: Path, run_id: str, path: str) -> str | None:
+    """Text of a run's artifact, or None when the run has no such artifact."""
+    mlflow.set_tracking_uri(tracking_uri(root))
+    try:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)
+    except (MlflowException, OSError):
+        return None
+    return Path(local).read_text()
+
+
+# --- model sources and the registry (retino predict / register) ---
+
+
+def _store_client(root: Path) -> tuple[MlflowClient, str]:
+    """A client on the project's store, refusing to create an empty SQLite file on a typo."""
+    uri = tracking_uri(root)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise RetinoError(f"no MLflow store at {uri}; run `dvc repro` first")
+    mlflow.set_tracking_uri(uri)  # mlflow.register_model and downloads use the global URI
+    return MlflowClient(uri), uri
+
+
+def resolve_run(root: Path, source: str, experiment: str = DEFAULT_EXPERIMENT) -> str:
+    """The run id behind `runs:/<id>/model`, `models:/<name>/<version>`, `models:/<name>@<alias>`
+    or a run name / DVC experiment name (the latest finished run carrying it)."""
+    client, uri = _store_client(root)
+    if source.startswith("runs:/"):
+        run_id = source.removeprefix("runs:/").split("/")[0]
+        try:
+            return _retry(lambda: client.get_run(run_id)).info.run_id
+        except MlflowException:
+            raise RetinoError(f"{source}: no run {run_id!r} in {uri}") from None
+    if source.startswith("models:/"):
+        version = _model_version(client, source)
+        if not version.run_id:
+            raise RetinoError(f"{source}: registered without a run; register with `retino register`")
+        return version.run_id
+    found = _retry(lambda: client.get_experiment_by_name(experiment))
+    runs = []
+    if found is not None and "'" not in source:  # a quote cannot be in a name we logged
+        for key in ("attributes.run_name", "tags.dvc_exp_name"):
+            runs += _retry(
+                lambda key=key: client.search_runs(
+                    [found.experiment_id], f"{key} = '{source}' AND attributes.status = 'FINISHED'"
+                )
+            )
+    if not runs:
+        raise RetinoError(
+            f"{source}: no checkpoint file, MLflow URI or finished run / DVC experiment of that "
+            f"name in {uri}; give models/best.pt, runs:/<id>/model or models:/<name>@<alias>"
+        )
+    return max(runs, key=lambda r: r.info.start_time).info.run_id
+
+
+def _model_version(client: MlflowClient, uri: str) -> Any:
+    name, alias = uri.removeprefix("models:/").partition("@")[::2]
+    try:
+        if alias:
+            return _retry(lambda: client.get_model_version_by_alias(name, alias))
+        name, _, version = name.rpartition("/")
+        if name and version.isdigit():
+            return _retry(lambda: client.get_model_version(name, version))
+    except MlflowException as err:
+        raise RetinoError(f"{uri}: {err.message.splitlines()[0]}") from None
+    raise RetinoError(f"{uri}: expected models:/<name>/<version> or models:/<name>@<alias>")
+
+
+def download_artifact(root: Path, run_id: str, path: str, dst: Path) -> Path:
+    """A run's artifact `path`, copied under `dst`."""
+    _, uri = _store_client(root)
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=path, dst_path=str(dst), tracking_uri=uri
+        )
+    except (MlflowException, OSError):
+        raise RetinoError(f"MLflow run {run_id}: no artifact {path}; was it trained?") from None
+    return Path(local)
+
+
+def register_model(root: Path, run_id: str, name: str, alias: str | None = None) -> str:
+    """Register the model `Run.log_model` logged in `run_id` as a new version of `name`; point
+    `alias` at it. Returns the version."""
+    client, uri = _store_client(root)
+    try:
+        run = _retry(lambda: client.get_run(run_id))
+    except MlflowException:
+        raise RetinoError(f"MLflow run {run_id!r} not found in {uri}") from None
+    logged = _retry(
+        lambda: client.search_logged_models(
+            [run.info.experiment_id], f"source_run_id = '{run_id}' AND name = 'model'"
+        )
+    )
+    if not logged:
+        raise RetinoError(f"MLflow run {run_id}: no logged model; only a finished train has one")
+    try:
+        # models:/<model id> is what runs:/<id>/model resolves to in MLflow 3, minus a warning
+        version = _retry(lambda: mlflow.register_model(f"models:/{logged[0].model_id}", name))
+        if alias:
+            _retry(lambda: client.set_registered_model_alias(name, alias, version.version))
+    except MlflowException as err:
+        raise RetinoError(f"registering {name!r}: {err.message.splitlines()[0]}") from None
+    return str(version.version)
