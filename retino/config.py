@@ -55,6 +55,16 @@ class TrainConfig:
     weights: Literal["IMAGENET1K_V1", "IMAGENET1K_V2"] = "IMAGENET1K_V1"
     device: str = "auto"  # auto (cuda when present, else cpu), cpu, cuda, cuda:1 ...
     compile: bool = False  # torch.compile the model (CUDA)
+    # Data-parallel (torchrun + DDP). batch_size is per process: the global batch is
+    # batch_size x processes; scale_lr multiplies lr by the number of processes (linear rule).
+    nproc: int | str = 1  # processes per node; "auto" = one per visible GPU (1 on CPU)
+    nnodes: int = 1
+    node_rank: int = 0  # this node's index, 0..nnodes-1 (multi-node only)
+    master_addr: str = "127.0.0.1"  # rank 0's node (multi-node only)
+    master_port: int = 29500
+    scale_lr: bool = False
+    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
+    dist_timeout: int = 300  # seconds a process waits for its peers before the job fails
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -82,6 +92,10 @@ class Config:
             "train.freeze_epochs": 0 <= self.train.freeze_epochs <= self.train.epochs,
             "train.batch_size": self.train.batch_size >= 1,
             "train.lr": self.train.lr > 0,
+            "train.nproc": self.train.nproc == "auto"
+            or (isinstance(self.train.nproc, int) and self.train.nproc >= 1),
+            "train.nnodes": self.train.nnodes >= 1,
+            "train.node_rank": 0 <= self.train.node_rank < self.train.nnodes,
             "train.augment.scale_min": 0 < self.train.augment.scale_min <= 1,
             "eval.batch_size": self.eval.batch_size >= 1,
         }

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
 
@@ -71,11 +71,13 @@ def make_loader(
     workers: int,
     pin_memory: bool,
     generator: torch.Generator | None = None,
+    sampler: Sampler | None = None,
 ) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,  # a DistributedSampler under DDP (it shuffles itself)
         generator=generator,  # reseeded by the engine at every epoch for resumable shuffling
         num_workers=workers,
         pin_memory=pin_memory,

@@ -22,13 +22,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from retino.config import Config, TrainConfig
+from retino.distributed import Dist, all_sum, gather_ordered
 from retino.metrics import quick_metrics
 from retino.transforms import BatchTransform
 
+SINGLE = Dist()  # a plain single-process run
 RESUME_FILE = "resume.pt"
 BEST_FILE = "best.pt"
 
@@ -59,12 +63,13 @@ def train_one_epoch(
     criterion: nn.Module,
     generator: torch.Generator,
     desc: str = "train",
+    job: Dist = SINGLE,
 ) -> dict[str, float]:
     model.train()
     device = transform.device
     total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
-    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, disable=None)
+    bar = _progress(loader, desc, job)
     for images, labels in bar:
         x = transform(images, generator)
         y = labels.to(device, non_blocking=True)
@@ -83,31 +88,51 @@ def train_one_epoch(
             loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}", img_s=f"{rate:.0f}"
         )
     seconds = time.perf_counter() - start
+    total_loss, correct, seen = all_sum(job, [total_loss, correct, seen], device)
     return {"loss": total_loss / seen, "acc": correct / seen, "images_per_s": seen / seconds}
+
+
+def _progress(loader: DataLoader, desc: str, job: Dist) -> tqdm:
+    """A bar on a terminal, in the main process only."""
+    return tqdm(
+        loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0,
+        disable=None if job.is_main else True,
+    )  # fmt: skip
 
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, loader: DataLoader, transform: BatchTransform, desc: str = "predict"
+    model: nn.Module,
+    loader: DataLoader,
+    transform: BatchTransform,
+    desc: str = "predict",
+    job: Dist = SINGLE,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(labels (N,), softmax probabilities (N, 5)) for every sample of `loader`, in order."""
+    """(labels (N,), softmax probabilities (N, 5)) for every sample of `loader`, in order.
+
+    Under DDP each rank predicts its shard and every rank gets the whole, reassembled.
+    """
     model.eval()
     labels, probs = [], []
-    for images, y in tqdm(
-        loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, disable=None
-    ):
+    for images, y in _progress(loader, desc, job):
         with autocast(transform.device):
             logits = model(transform(images))
-        probs.append(torch.softmax(logits.float(), 1).cpu())
-        labels.append(y)
-    return torch.cat(labels).numpy(), torch.cat(probs).numpy()
+        probs.append(torch.softmax(logits.float(), 1))
+        labels.append(y.to(transform.device))
+    total = len(loader.dataset)
+    labels_all = gather_ordered(job, torch.cat(labels), total).cpu().numpy()
+    return labels_all, gather_ordered(job, torch.cat(probs), total).cpu().numpy()
 
 
 def evaluate(
-    model: nn.Module, loader: DataLoader, transform: BatchTransform, desc: str = "eval"
+    model: nn.Module,
+    loader: DataLoader,
+    transform: BatchTransform,
+    desc: str = "eval",
+    job: Dist = SINGLE,
 ) -> dict[str, float]:
     """loss, acc, qwk on a held-out loader."""
-    labels, probs = predict(model, loader, transform, desc)
+    labels, probs = predict(model, loader, transform, desc, job)
     nll = F.nll_loss(torch.log(torch.as_tensor(probs).clamp_min(1e-12)), torch.as_tensor(labels))
     return {"loss": nll.item(), **quick_metrics(labels, probs.argmax(1))}
 
@@ -121,12 +146,13 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.as_tensor(weights, dtype=torch.float32)
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, cfg: TrainConfig, processes: int = 1) -> torch.optim.Optimizer:
+    lr = cfg.lr * processes if cfg.scale_lr else cfg.lr
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
-            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
 
 
 def lr_factor(epoch: int, cfg: TrainConfig) -> float:
@@ -209,21 +235,24 @@ def fit(
     tag: str,
     resume: dict | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] = lambda epoch, metrics: None,
+    job: Dist = SINGLE,
 ) -> FitResult:
     """Train for cfg.train.epochs, continuing from `resume` (see `read_resume`) if given.
 
-    Each epoch writes ckpt_dir/best.pt (when the selection metric improves) and then
-    ckpt_dir/resume.pt, stamped with `tag` (see `fingerprint`).
+    Each epoch the main process writes ckpt_dir/best.pt (when the selection metric improves)
+    and then ckpt_dir/resume.pt, stamped with `tag` (see `fingerprint`). Under DDP `model` stays
+    the bare module (what checkpoints hold); the wrapped one only runs the steps.
     """
     tc = cfg.train
     device = train_tf.device
+    if tc.sync_bn and job.enabled:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device, memory_format=train_tf.memory_format)
     labels = loaders.train.dataset.labels.numpy()
     weight = class_weights(labels, model.fc.out_features).to(device) if tc.class_weights else None
     criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=tc.label_smoothing)
-    optimizer = make_optimizer(model, tc)
+    optimizer = make_optimizer(model, tc, job.world_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, tc))
-    compiled = torch.compile(model) if tc.compile else model
 
     history: list[dict[str, float]] = []
     start_epoch, best_epoch, best_value = 0, -1, None
@@ -235,50 +264,75 @@ def fit(
         history = [dict(row) for row in resume["history"]]
         start_epoch, best_epoch = resume["epoch"] + 1, resume["best_epoch"]
         best_value = history[best_epoch][tc.select_metric]
-        print(f"resuming after epoch {start_epoch} of {tc.epochs}")
+        _say(job, f"resuming after epoch {start_epoch} of {tc.epochs}")
 
+    net, net_trains_backbone = model, None
     for epoch in range(start_epoch, tc.epochs):
-        set_backbone_trainable(model, epoch >= tc.freeze_epochs)
+        trains_backbone = epoch >= tc.freeze_epochs
+        if trains_backbone != net_trains_backbone:  # DDP must be rebuilt when that set changes
+            set_backbone_trainable(model, trains_backbone)
+            net, net_trains_backbone = _wrap(model, tc, job, device), trains_backbone
         lr = optimizer.param_groups[0]["lr"]
-        # the loader's generator drives the shuffle; reseeding it makes each epoch's order fixed
-        loaders.train.generator.manual_seed(epoch_generator(cfg.seed, epoch, 0).initial_seed())
-        aug_gen = epoch_generator(cfg.seed, epoch, 1)
+        if isinstance(loaders.train.sampler, DistributedSampler):
+            loaders.train.sampler.set_epoch(epoch)  # seeded with cfg.seed: a fixed order per epoch
+        else:  # reseeding the loader's generator fixes each epoch's order
+            loaders.train.generator.manual_seed(epoch_generator(cfg.seed, epoch, 0).initial_seed())
+        aug_gen = epoch_generator(cfg.seed, epoch, 1 + job.rank)  # each rank its own draws
         tr = train_one_epoch(
-            compiled, loaders.train, train_tf, optimizer, criterion, aug_gen,
-            desc=f"epoch {epoch + 1}/{tc.epochs} train",
+            net, loaders.train, train_tf, optimizer, criterion, aug_gen,
+            desc=f"epoch {epoch + 1}/{tc.epochs} train", job=job,
         )  # fmt: skip
         scheduler.step()
-        va = evaluate(compiled, loaders.val, eval_tf, desc=f"epoch {epoch + 1} val")
+        va = evaluate(net, loaders.val, eval_tf, f"epoch {epoch + 1} val", job)
         row = {"epoch": epoch + 1, "lr": lr}
         row |= {f"train_{k}": v for k, v in tr.items() if k != "images_per_s"}
         row |= {f"val_{k}": v for k, v in va.items()}
         if loaders.test is not None:
-            te = evaluate(compiled, loaders.test, eval_tf, desc=f"epoch {epoch + 1} test")
+            te = evaluate(net, loaders.test, eval_tf, f"epoch {epoch + 1} test", job)
             row |= {"test_loss": te["loss"], "test_acc": te["acc"]}
         row["images_per_s"] = tr["images_per_s"]
         history.append(row)
 
         if better(tc.select_metric, row[tc.select_metric], best_value):
             best_epoch, best_value = epoch, row[tc.select_metric]
-            save_atomic({"model": model.state_dict(), "epoch": epoch, "config": cfg.to_dict()},
-                        ckpt_dir / BEST_FILE)  # fmt: skip
-        save_atomic(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch,
-                "best_epoch": best_epoch,
-                "config": cfg.to_dict(),
-                "tag": tag,
-                "history": history,
-                "rng": {"torch": torch.get_rng_state()},
-            },
-            ckpt_dir / RESUME_FILE,
-        )
-        print(_epoch_line(row, tc.epochs))
-        on_epoch(epoch + 1, row)
+            if job.is_main:
+                save_atomic(
+                    {"model": model.state_dict(), "epoch": epoch, "config": cfg.to_dict()},
+                    ckpt_dir / BEST_FILE,
+                )
+        if job.is_main:
+            save_atomic(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "epoch": epoch,
+                    "best_epoch": best_epoch,
+                    "config": cfg.to_dict(),
+                    "tag": tag,
+                    "history": history,
+                    "rng": {"torch": torch.get_rng_state()},
+                },
+                ckpt_dir / RESUME_FILE,
+            )
+            on_epoch(epoch + 1, row)
+        _say(job, _epoch_line(row, tc.epochs))
     return FitResult(history, best_epoch + 1, start_epoch, history[best_epoch])
+
+
+def _wrap(model: nn.Module, cfg: TrainConfig, job: Dist, device: torch.device) -> nn.Module:
+    """The module the steps run through: DDP under torchrun, optionally torch.compile'd."""
+    net = model
+    if job.enabled:
+        net = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    return torch.compile(net) if cfg.compile else net
+
+
+def _say(job: Dist, message: str) -> None:
+    if job.is_main:
+        print(message, flush=True)
 
 
 def _epoch_line(row: dict[str, float], epochs: int) -> str:

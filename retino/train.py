@@ -7,6 +7,7 @@ same run; a different config or data starts over. A finished training publishes 
 empties the folder, so `dvc repro --force` trains from scratch.
 """
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -14,9 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data.distributed import DistributedSampler
 
 from retino.config import Config
 from retino.data import FundusDataset, default_workers, make_loader, read_split, read_stats
+from retino.distributed import Dist, barrier, setup, teardown
 from retino.engine import (
     BEST_FILE,
     RESUME_FILE,
@@ -27,6 +30,7 @@ from retino.engine import (
     load_checkpoint,
     read_resume,
     resolve_device,
+    save_atomic,
 )
 from retino.models import build_model
 from retino.tracking import open_run, project_root, run_name, run_tags, write_run_file
@@ -46,18 +50,42 @@ def train(
     reports_dir: Path,
     ckpt_dir: Path,
 ) -> FitResult:
-    torch.manual_seed(cfg.seed)  # model initialisation
-    device = resolve_device(cfg.train.device)
+    """Train (as one process, or as one rank of a torchrun job) and publish the outputs."""
+    torch.manual_seed(cfg.seed)  # model initialisation, identical on every rank
+    job, device = setup(cfg.train, resolve_device(cfg.train.device))
+    try:
+        return _train(cfg, job, device, data_root, prepared, models_dir, reports_dir, ckpt_dir)
+    finally:
+        teardown(job)
+
+
+def _train(
+    cfg: Config,
+    job: Dist,
+    device: torch.device,
+    data_root: Path,
+    prepared: Path,
+    models_dir: Path,
+    reports_dir: Path,
+    ckpt_dir: Path,
+) -> FitResult:
     stats = read_stats(prepared)
     cuda = device.type == "cuda"
     train_tf = BatchTransform(stats["mean"], stats["std"], device, cfg.train.augment, cuda)
     eval_tf = BatchTransform(stats["mean"], stats["std"], device, None, cuda)
-    loaders = _loaders(cfg, data_root, prepared, cuda)
+    loaders = _loaders(cfg, data_root, prepared, cuda, job)
     model = build_model(cfg.arch, cfg.pretrained, cfg.train.weights)
 
     tag = fingerprint(cfg, prepared)
-    run_id = _claim_checkpoints(ckpt_dir, tag)
-    resume = read_resume(ckpt_dir, tag) if run_id else None
+    run_id = _claim_checkpoints(ckpt_dir, tag) if job.is_main else None
+    barrier(job)  # every rank resumes from what rank 0 kept (one shared filesystem)
+    resume = read_resume(ckpt_dir, tag)
+    run_fit = functools.partial(
+        fit, model, loaders, train_tf, eval_tf, cfg, ckpt_dir, tag, resume, job=job
+    )
+    if not job.is_main:  # the other ranks compute; rank 0 alone logs and writes
+        return run_fit()
+
     flat = cfg.flat()
     root = project_root()
     with open_run(root, run_id, run_name(flat), run_tags(root, flat)) as run:
@@ -66,12 +94,9 @@ def train(
             run.log_params(flat)
         if resume is not None:  # a kill may have come between checkpoint and logging
             run.log_history(resume["history"])
-        result = fit(
-            model, loaders, train_tf, eval_tf, cfg, ckpt_dir, tag, resume,
-            on_epoch=lambda epoch, row: run.log_history([row]),
-        )  # fmt: skip
+        result = run_fit(on_epoch=lambda epoch, row: run.log_history([row]))
         val_labels = loaders.val.dataset.labels.numpy()
-        _publish(result, val_labels, ckpt_dir, models_dir, reports_dir, run.run_id)
+        _publish(result, val_labels, stats, ckpt_dir, models_dir, reports_dir, run.run_id)
         run.log_metrics({"best_epoch": result.best_epoch})
         run.log_artifact(models_dir / BEST_FILE, "checkpoints")
         run.log_artifact(reports_dir / "history.csv")
@@ -81,17 +106,23 @@ def train(
         run.log_model(model.cpu().float(), np.zeros((2, 3, size, size), dtype=np.float32))
     for path in ckpt_dir.iterdir():  # finished: nothing left to resume
         path.unlink()
+    metric = cfg.train.select_metric
+    print(f"best epoch {result.best_epoch}: {metric} {result.best[metric]:.4f}")
     return result
 
 
-def _loaders(cfg: Config, data_root: Path, prepared: Path, pin: bool) -> Loaders:
+def _loaders(cfg: Config, data_root: Path, prepared: Path, pin: bool, job: Dist) -> Loaders:
     workers = default_workers(cfg.data.num_workers)
     size = cfg.data.image_size
 
     def loader(split: str, batch_size: int, shuffle: bool):
         dataset = FundusDataset(read_split(prepared, split), data_root, size)
-        generator = torch.Generator() if shuffle else None
-        return make_loader(dataset, batch_size, shuffle, workers, pin, generator)
+        # under DDP each rank reads its own shard; DistributedSampler shuffles with the seed
+        sampler = (
+            DistributedSampler(dataset, shuffle=shuffle, seed=cfg.seed) if job.enabled else None
+        )
+        generator = torch.Generator() if shuffle and sampler is None else None
+        return make_loader(dataset, batch_size, shuffle, workers, pin, generator, sampler)
 
     test = loader("test", cfg.eval.batch_size, False) if cfg.train.track_test else None
     return Loaders(
@@ -118,13 +149,16 @@ def _claim_checkpoints(ckpt_dir: Path, tag: str) -> str | None:
 def _publish(
     result: FitResult,
     val_labels: np.ndarray,
+    stats: dict,
     ckpt_dir: Path,
     models_dir: Path,
     reports_dir: Path,
     run_id: str,
 ) -> None:
     models_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(ckpt_dir / BEST_FILE, models_dir / BEST_FILE)
+    # the input normalisation travels with the weights: best.pt alone is enough to predict
+    best = load_checkpoint(ckpt_dir / BEST_FILE)
+    save_atomic({**best, "mean": stats["mean"], "std": stats["std"]}, models_dir / BEST_FILE)
     shutil.copy2(ckpt_dir / RESUME_FILE, models_dir / "last.pt")
     write_run_file(models_dir / RUN_FILE, run_id)
     reports_dir.mkdir(parents=True, exist_ok=True)

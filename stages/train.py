@@ -5,12 +5,13 @@ import sys
 from pathlib import Path
 
 from retino.config import load_config
+from retino.distributed import launch, needs_launch
 from retino.errors import exit_on_error
 from retino.train import train
 
 
 @exit_on_error
-def main() -> None:
+def main() -> int | None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--data", type=Path, default=Path("data"))
@@ -20,9 +21,9 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=Path, default=Path("checkpoints"))
     args = parser.parse_args()
     cfg = load_config(args.params)
-    result = train(cfg, args.data, args.prepared, args.models, args.reports, args.checkpoints)
-    print(f"best epoch {result.best_epoch}: {cfg.train.select_metric} "
-          f"{result.best[cfg.train.select_metric]:.4f}")  # fmt: skip
+    if needs_launch(cfg.train):  # train.nproc / train.nnodes > 1: become a torchrun job
+        return launch(cfg.train, [__file__, *sys.argv[1:]])
+    train(cfg, args.data, args.prepared, args.models, args.reports, args.checkpoints)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from retino.config import Config, from_dict
+from retino.prepare import prepare
 from retino.synth import synthesize
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # never wait on a download
@@ -46,3 +47,14 @@ def tiny_config(**overrides) -> Config:
             node = node.setdefault(p, {})
         node[key] = value
     return from_dict(raw)
+
+
+@pytest.fixture
+def project(tmp_path, tiny_data, monkeypatch):
+    """A workspace with prepared splits; MLflow store at its root."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    prepare(tiny_data, tmp_path / "prepared", tiny_config())
+    return tmp_path

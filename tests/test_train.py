@@ -10,25 +10,12 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
-import pytest
 import torch
 import yaml
 
 from retino.engine import load_checkpoint
-from retino.prepare import prepare
 from retino.train import train
 from tests.conftest import ROOT, tiny_config
-
-
-@pytest.fixture
-def project(tmp_path, tiny_data, monkeypatch):
-    """A workspace with prepared splits; MLflow store at its root."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
-    prepare(tiny_data, tmp_path / "prepared", tiny_config())
-    return tmp_path
 
 
 def run_train(root: Path, cfg, name: str = "") -> dict:
@@ -96,11 +83,11 @@ def write_params(path: Path, cfg) -> None:
     path.write_text(yaml.safe_dump(cfg.to_dict()))
 
 
-def start_stage(project: Path, out: str) -> subprocess.Popen:
+def start_stage(project: Path, out: str, extra_path: str = "") -> subprocess.Popen:
     cmd = [sys.executable, str(ROOT / "stages" / "train.py"), "--params", "params.yaml",
            "--models", f"{out}/models", "--reports", f"{out}/reports",
            "--checkpoints", f"{out}/ckpt"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [extra_path, str(ROOT)]))}
     pipe = subprocess.PIPE
     return subprocess.Popen(cmd, cwd=project, env=env, stdout=pipe, stderr=pipe, text=True)
 
