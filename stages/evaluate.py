@@ -2,11 +2,15 @@
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
+
+import pandas as pd
 
 from retino.config import load_config
 from retino.errors import exit_on_error
 from retino.evaluation import evaluate_test
+from retino.predict import load_predictor, write_gallery
 from retino.tracking import open_run, project_root, read_run_file
 
 
@@ -21,14 +25,16 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config(args.params)
     run_id = read_run_file(args.models / "run.json")
-    metrics = evaluate_test(
-        args.models / "best.pt", args.data, args.prepared, args.out, cfg.eval.batch_size,
-        cfg.train.device,
-    )  # fmt: skip
-    with open_run(project_root(), run_id) as run:
+    predictor = load_predictor(str(args.models / "best.pt"), cfg.train.device)
+    metrics = evaluate_test(predictor, args.data, args.prepared, args.out)
+    with open_run(project_root(), run_id) as run, tempfile.TemporaryDirectory() as tmp:
         run.log_metrics({f"test_{k}": v for k, v in metrics.items()})
         for name in ("metrics.json", "predictions.csv", "confusion.json"):
             run.log_artifact(args.out / name, "eval")
+        # Grad-CAMs of the most confident right and wrong test image per grade (<= 10 images)
+        table = pd.read_csv(args.out / "predictions.csv")
+        for path in write_gallery(predictor, table, args.data, Path(tmp)):
+            run.log_artifact(path, "eval/gallery")
     print(f"test accuracy {metrics['accuracy']:.4f} (always grade 0: "
           f"{metrics['majority_accuracy']:.4f}), QWK {metrics['qwk']:.4f}")  # fmt: skip
 
