@@ -28,5 +28,9 @@ lint: setup
 test: lint
 	pytest -q
 
+# the MLflow UI on this project's runs, on 127.0.0.1 only; `make ui PORT=5001` for another port
+ui: setup
+	retino ui --port $(or $(PORT),5000)
+
 clean:
 	rm -rf prepared models reports checkpoints mlflow.db mlruns dvc_plots

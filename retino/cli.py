@@ -46,6 +46,70 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ui(args: argparse.Namespace) -> int:
+    from retino.ui import serve
+
+    return serve(args.port)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 1-65535, got {text!r}")
+    return int(text)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from retino.predict import expand_inputs, load_predictor, predict_images, write_prediction_cams
+
+    paths = expand_inputs(args.images)
+    predictor = load_predictor(args.model, args.device)
+    table, failed = predict_images(predictor, paths, args.batch_size)
+    for path, error in failed:
+        print(f"warning: {path}: unreadable, skipped ({error})", file=sys.stderr)
+    if table.empty:
+        raise RetinoError(f"none of the {len(paths)} images could be read")
+    if args.cam:
+        table["cam"] = write_prediction_cams(predictor, table, args.cam, args.batch_size)
+    table.to_csv(args.out or sys.stdout, index=False)
+    referable = (table.referable == "yes").sum()
+    print(f"graded {len(table)} images with {predictor.origin}: {referable} referable (grade >= 2)"
+          + (f", {len(failed)} unreadable skipped" if failed else ""), file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from retino.evaluation import explain
+
+    files = explain(args.model, args.data, args.prepared, args.out, args.per_grade, args.device)
+    print(f"wrote {len(files)} Grad-CAM images of test photographs to {args.out}")
+    return 0
+
+
+def _register(args: argparse.Namespace) -> int:
+    from retino.tracking import project_root, register_model
+
+    version = register_model(project_root(), args.run, args.name, args.alias)
+    alias = f", alias models:/{args.name}@{args.alias}" if args.alias else ""
+    print(f"registered models:/{args.name}/{version}{alias}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from retino.bench import bench_input, bench_train
+
+    if args.what == "input":
+        bench_input(args.data, args.size, args.batch_size, args.batches)
+    else:
+        bench_train(args.data, args.arch, args.size, args.batch_size, args.batches)
+    return 0
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="retino", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -68,6 +132,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default="retino", help="MLflow experiment (default retino)")
     p.add_argument("--runs", nargs="+", metavar="RUN", help="only these run ids or run names")
     p.set_defaults(handler=_compare)
+
+    p = sub.add_parser("ui", help="the MLflow UI on this project's runs, on 127.0.0.1 until Ctrl-C")
+    p.add_argument("--port", type=_port, default=5000, help="default 5000")
+    p.set_defaults(handler=_ui)
+
+    model_help = "models/best.pt, runs:/<id>/model, models:/<name>@<alias> or a DVC experiment"
+    p = sub.add_parser("predict", help="grade fundus photographs with a trained model")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE_OR_DIR",
+                   help="image files, or folders of .jpeg/.jpg/.png")  # fmt: skip
+    p.add_argument("--model", required=True, metavar="SRC", help=model_help)
+    p.add_argument("--out", type=Path, help="predictions CSV (default: standard output)")
+    p.add_argument("--cam", type=Path, metavar="DIR", help="also write a Grad-CAM PNG per image")
+    p.add_argument("--batch-size", type=_positive, help="default: the model's eval.batch_size")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    p.set_defaults(handler=_predict)
+
+    p = sub.add_parser("explain", help="Grad-CAMs of right and wrong test predictions per grade")
+    p.add_argument("--model", default="models/best.pt", metavar="SRC", help=model_help)
+    p.add_argument("--data", type=Path, default=Path("data"), help="dataset root (default data)")
+    p.add_argument("--prepared", type=Path, default=Path("prepared"), help="default prepared")
+    p.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
+    p.add_argument("--per-grade", type=_positive, default=1,
+                   help="images per grade and verdict (default 1)")  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    p.set_defaults(handler=_explain)
+
+    p = sub.add_parser("register", help="register a run's model in the MLflow model registry")
+    p.add_argument("--run", required=True, metavar="RUN_ID", help="MLflow run id (models/run.json)")
+    p.add_argument("--name", required=True, help="registered model name, e.g. retino-dr")
+    p.add_argument("--alias", help="point this alias (e.g. champion) at the new version")
+    p.set_defaults(handler=_register)
+
+    p = sub.add_parser("bench", help="time retino's fast path against the seed-style loop")
+    what = p.add_subparsers(dest="what", required=True, metavar="WHAT")
+    q = what.add_parser("input", help="loader throughput: decode, batch, flip, normalise")
+    q.add_argument("--data", type=Path, required=True, help="dataset root in the lab layout")
+    q.add_argument("--size", type=_positive, default=512, help="image side (default 512)")
+    q.add_argument("--batch-size", type=_positive, default=16, help="default 16")
+    q.add_argument("--batches", type=_positive, default=20, help="timed per path (default 20)")
+    q.set_defaults(handler=_bench)
+    q = what.add_parser("train", help="train steps: loading, forward, backward, optimizer step")
+    q.add_argument("--data", type=Path, required=True, help="dataset root in the lab layout")
+    q.add_argument("--arch", required=True, help="resnet18, resnet34, resnet50 ...")
+    q.add_argument("--size", type=_positive, required=True, help="image side in pixels")
+    q.add_argument("--batch-size", type=_positive, default=32, help="default 32")
+    q.add_argument("--batches", type=_positive, default=10, help="timed per path (default 10)")
+    q.set_defaults(handler=_bench)
     return parser
 
 

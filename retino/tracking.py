@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -44,15 +45,50 @@ def tracking_uri(root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve()}/mlflow.db"
 
 
-def _retry(call: Callable[[], Any], attempts: int = 8) -> Any:
-    """SQLite under parallel runs can raise "database is locked": back off and try again."""
-    for attempt in range(attempts):
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _Interrupts:
+    """Ctrl-C / SIGTERM as KeyboardInterrupt, but never inside an MLflow call.
+
+    An interrupt in the middle of a SQLite transaction leaves it open and the store locked, so
+    the run could not even be marked KILLED. A signal during a call is held until it returns.
+    """
+
+    depth = 0  # MLflow calls in progress
+    pending: int | None = None
+
+    @classmethod
+    def handler(cls, signum: int, frame: Any) -> None:
+        if cls.depth:
+            cls.pending = signum
+        else:
+            raise KeyboardInterrupt(f"signal {signum}")
+
+    @classmethod
+    @contextlib.contextmanager
+    def deferred(cls) -> Iterator[None]:
+        cls.depth += 1
         try:
-            return call()
-        except Exception as err:  # MLflow wraps SQLAlchemy's OperationalError in several types
-            if "locked" not in str(err) or attempt == attempts - 1:
-                raise
-            time.sleep(0.1 * 2**attempt)
+            yield
+        finally:
+            cls.depth -= 1
+            if not cls.depth and cls.pending is not None:
+                signum, cls.pending = cls.pending, None
+                raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _retry(call: Callable[[], Any], attempts: int = 8) -> Any:
+    """One MLflow call, uninterrupted; SQLite under parallel runs can raise "database is
+    locked": back off and try again."""
+    with _Interrupts.deferred():
+        for attempt in range(attempts):
+            try:
+                return call()
+            except Exception as err:  # MLflow wraps SQLAlchemy's OperationalError in several types
+                if "locked" not in str(err) or attempt == attempts - 1:
+                    raise
+                time.sleep(0.1 * 2**attempt)
     raise AssertionError("unreachable")
 
 
@@ -65,17 +101,31 @@ def init_store(root: Path, experiment: str = DEFAULT_EXPERIMENT) -> str:
     root = Path(root).resolve()
     uri = tracking_uri(root)
     mlflow.set_tracking_uri(uri)
-    lock_dir = root / "mlruns"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with open(lock_dir / ".init.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _store_lock(root, uri):
         client = MlflowClient(uri)
         found = _retry(lambda: client.get_experiment_by_name(experiment))
         if found is not None:
             return found.experiment_id
         # A server stores artifacts itself (--serve-artifacts); a local store under <root>/mlruns.
-        location = None if uri.startswith("http") else (root / "mlruns").as_uri()
+        location = None if is_server_uri(uri) else (root / "mlruns").as_uri()
         return _retry(lambda: client.create_experiment(experiment, artifact_location=location))
+
+
+def is_server_uri(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+@contextlib.contextmanager
+def _store_lock(root: Path, uri: str) -> Iterator[None]:
+    """Serialise store creation between processes on this machine; a server does its own."""
+    if is_server_uri(uri):
+        yield
+        return
+    lock_dir = root / "mlruns"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / ".init.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def run_tags(root: Path, cfg_flat: dict[str, Any]) -> dict[str, str]:
@@ -161,33 +211,31 @@ def open_run(
     marks the run KILLED instead of leaving it RUNNING forever.
     """
     experiment_id = init_store(root, experiment)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = {sig: signal.signal(sig, _Interrupts.handler) for sig in INTERRUPTS}
     try:
-        active = _retry(
-            lambda: mlflow.start_run(
-                run_id=run_id, experiment_id=None if run_id else experiment_id,
-                run_name=name, tags=tags,
-            )
-        )  # fmt: skip
-    except MlflowException as err:
-        signal.signal(signal.SIGTERM, previous)
-        raise RetinoError(f"MLflow run {run_id}: {err.message.splitlines()[0]}") from None
-    status = "FINISHED"
-    try:
-        yield Run(active.info.run_id)
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    except BaseException:
-        status = "FAILED"
-        raise
+        try:
+            active = _retry(
+                lambda: mlflow.start_run(
+                    run_id=run_id, experiment_id=None if run_id else experiment_id,
+                    run_name=name, tags=tags,
+                )
+            )  # fmt: skip
+        except MlflowException as err:
+            raise RetinoError(f"MLflow run {run_id}: {err.message.splitlines()[0]}") from None
+        status = "FINISHED"
+        try:
+            yield Run(active.info.run_id)
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        except BaseException:
+            status = "FAILED"
+            raise
+        finally:
+            _retry(lambda: mlflow.end_run(status=status))
     finally:
-        _retry(lambda: mlflow.end_run(status=status))
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def write_run_file(path: Path, run_id: str) -> None:
@@ -225,10 +273,7 @@ def list_runs(
     root: Path, experiment: str = DEFAULT_EXPERIMENT, run_ids: list[str] | None = None
 ) -> list[RunRecord]:
     """Runs of `experiment` (or just `run_ids`, given as ids or run names), oldest first."""
-    uri = tracking_uri(root)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise RetinoError(f"no MLflow store at {uri}; run `dvc repro` first")
-    client = MlflowClient(uri)
+    client, uri = _store_client(root)
     found = _retry(lambda: client.get_experiment_by_name(experiment))
     if found is None:
         raise RetinoError(f"no MLflow experiment {experiment!r} in {uri}; run `dvc repro` first")
@@ -254,12 +299,11 @@ def metric_history(root: Path, run_id: str, key: str) -> dict[int, float]:
 
 def read_artifact(root: Path, run_id: str, path: str) -> str | None:
     """Text of a run's artifact, or None when the run has no such artifact."""
-    mlflow.set_tracking_uri(tracking_uri(root))
-    try:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)
-    except (MlflowException, OSError):
-        return None
-    return Path(local).read_text()
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            return download_artifact(root, run_id, path, Path(tmp)).read_text()
+        except RetinoError:
+            return None
 
 
 # --- model sources and the registry (retino predict / register) ---
@@ -287,7 +331,7 @@ def resolve_run(root: Path, source: str, experiment: str = DEFAULT_EXPERIMENT) -
     if source.startswith("models:/"):
         version = _model_version(client, source)
         if not version.run_id:
-            raise RetinoError(f"{source}: registered without a run; register with `retino register`")
+            raise RetinoError(f"{source}: not registered from a run; use `retino register`")
         return version.run_id
     found = _retry(lambda: client.get_experiment_by_name(experiment))
     runs = []

@@ -1,7 +1,8 @@
 """A throwaway copy of the project as its own git + DVC repo, shrunk to run in seconds.
 
-The stages import retino from the venv (editable install of this checkout); retino/ is copied too
-because dvc.yaml lists its modules as dependencies.
+retino/ is copied with the stages because dvc.yaml lists its modules as dependencies. The stages
+import it from the venv (the editable install of this checkout) unless `project_env(project)`
+puts the copy first on the path.
 """
 
 import os
@@ -24,10 +25,16 @@ TINY_PARAMS = {
 }
 
 
-def project_env(**extra: str) -> dict[str, str]:
-    """The environment a user's shell would have: venv first on PATH, offline, no stray store."""
+def project_env(project: Path | None = None, **extra: str) -> dict[str, str]:
+    """The environment a user's shell would have: venv first on PATH, offline, no stray store.
+
+    With `project`, its copy of retino/ is imported: stages and library stay one snapshot for
+    a long run, while this checkout may be edited meanwhile.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
     env.update(PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", HF_HUB_OFFLINE="1", **extra)
+    if project is not None:
+        env["PYTHONPATH"] = str(project)
     return env
 
 
@@ -57,12 +64,14 @@ def make_project(dest: Path, data_source: Path | None = None) -> Path:
         shutil.copytree(data_source, dest / "data")
 
     env = project_env()
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
     run(["git", "init", "-q", "-b", "main"], dest, env)
+    # DVC commits each experiment: a CI machine may have no git identity
+    run(["git", "config", "user.name", "retino tests"], dest, env)
+    run(["git", "config", "user.email", "tests@localhost"], dest, env)
     run(["dvc", "init", "-q"], dest, env)
     run(["dvc", "config", "core.analytics", "false"], dest, env)
     run(["dvc", "config", "cache.type", "hardlink,symlink"], dest, env)
     run(["dvc", "add", "-q", "data"], dest, env)
     run(["git", "add", "-A"], dest, env)
-    run([*git, "commit", "-q", "-m", "tiny project"], dest, env)
+    run(["git", "commit", "-q", "-m", "tiny project"], dest, env)
     return dest
