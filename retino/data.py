@@ -4,10 +4,17 @@ A sample is decoded straight to a uint8 tensor and resized once to `image_size` 
 then a centre crop: fundus photos are a disc on a wider black frame). Conversion to float,
 normalisation and augmentation happen per batch in `retino.transforms`, which is several times
 cheaper than the seed's per-image PIL -> ToTensor path.
+
+Every batch allocates and frees the same large buffers (the float batch, the activations).
+glibc returns blocks over 32 MB, and heap tops over 64 MB, to the kernel on free, so each batch
+page-faults them in again; on the 2-core VM that made a ResNet18 train step 3-6x slower.
+`make_loader` therefore has the process keep freed memory (`retain_freed_memory`).
 """
 
+import ctypes
 import json
 import os
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -64,6 +71,24 @@ def default_workers(requested: int) -> int:
     return min(os.cpu_count() or 1, 8) if requested < 0 else requested
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc <malloc.h>
+
+
+def retain_freed_memory() -> None:
+    """Keep freed heap memory in this process (and the loader workers it forks) for reuse.
+
+    Sets glibc's mmap threshold to 1 GiB and its trim threshold to 2 GiB (mallopt(3)); the
+    process then holds on to its peak working set instead of faulting it in every batch. A no-op
+    outside Linux. Idempotent; it changes no result, only where memory comes from.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is not None:
+        mallopt(_M_MMAP_THRESHOLD, 1 << 30)
+        mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1)  # mallopt takes a C int
+
+
 def make_loader(
     dataset: FundusDataset,
     batch_size: int,
@@ -73,6 +98,7 @@ def make_loader(
     generator: torch.Generator | None = None,
     sampler: Sampler | None = None,
 ) -> DataLoader:
+    retain_freed_memory()  # before the workers fork: they inherit it
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -5,10 +5,17 @@ persistent). Every random choice is drawn here from an explicit generator, seede
 the engine: a resumed run sees exactly the augmentations an uninterrupted one would.
 
 Shapes: images (B, 3, H, W) uint8 in, float32 (B, 3, H, W) out, normalised by mean/std.
+
+On the CPU this runs beside the loader workers, on the same cores, and it is memory-bound: passes
+over tens of MB per batch. So each image is flipped (a strided view of its uint8 pixels), converted
+and normalised image by image, straight into the batch's one float buffer: no temporaries. That
+loop is numpy, single-threaded on purpose: torch's OpenMP-parallel elementwise ops ran 3-4x slower
+than one thread when the two cores were shared with the workers (or other jobs).
 """
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -31,32 +38,60 @@ class BatchTransform:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None):
-        x = images.to(self.device, non_blocking=True).float()
-        if self.augment is not None:
+        """Random flips, rotation + resized crop (one affine warp), brightness/contrast jitter
+        as configured, then (x - mean) / std. Returns a new tensor; `images` is left as is."""
+        cfg, u = self.augment, None
+        hflip = vflip = [False] * len(images)
+        if cfg is not None:
             if generator is None:
                 raise ValueError("augmentation needs a generator (seeded per epoch)")
-            x = augment_batch(x, self.augment, generator)
-        x = (x - self.mean) / self.std
+            # One column per random choice, drawn on the CPU generator in a fixed order whatever
+            # is enabled: the same seed gives the same batch on any device.
+            u = torch.rand(len(images), 8, generator=generator)
+            hflip, vflip = (u[:, 0] < cfg.hflip).tolist(), (u[:, 1] < cfg.vflip).tolist()
+        warp = cfg is not None and (cfg.rotation > 0 or cfg.scale_min < 1 or cfg.color_jitter > 0)
+        images = images.to(self.device, non_blocking=True)
+        # the warp and the jitter work on 0-255 pixels: normalise after them
+        x = self._to_float(images, hflip, vflip, normalise=not warp)
+        if warp:
+            u = u.to(self.device)
+            if cfg.rotation > 0 or cfg.scale_min < 1:
+                x = _affine(x, u[:, 2:6], cfg)
+            if cfg.color_jitter > 0:
+                x = _color_jitter(x, u[:, 6:8], cfg.color_jitter)
+            x.sub_(self.mean).div_(self.std)  # in place, the same arithmetic as (x - mean) / std
         return x.contiguous(memory_format=self.memory_format)
 
-
-def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    """Random flips, rotation + resized crop (one affine warp), brightness/contrast jitter.
-
-    x: float (B, 3, H, W) on a 0-255 scale. Random numbers are drawn on the CPU generator in a
-    fixed order whatever is enabled, so the same seed gives the same batch on any device.
-    """
-    b = x.shape[0]
-    u = torch.rand(b, 8, generator=generator).to(x.device)  # one column per random choice
-    if cfg.hflip > 0:
-        x = torch.where((u[:, 0] < cfg.hflip).view(b, 1, 1, 1), x.flip(-1), x)
-    if cfg.vflip > 0:
-        x = torch.where((u[:, 1] < cfg.vflip).view(b, 1, 1, 1), x.flip(-2), x)
-    if cfg.rotation > 0 or cfg.scale_min < 1:
-        x = _affine(x, u[:, 2:6], cfg)
-    if cfg.color_jitter > 0:
-        x = _color_jitter(x, u[:, 6:8], cfg.color_jitter)
-    return x
+    def _to_float(
+        self, images: torch.Tensor, hflip: list[bool], vflip: list[bool], normalise: bool
+    ) -> torch.Tensor:
+        """float32 copy of uint8 `images`, image i mirrored left-right if hflip[i] and upside
+        down if vflip[i] (exact: flipping before or after the conversion is the same)."""
+        if images.device.type == "cpu":
+            out = torch.empty(images.shape, dtype=torch.float32)
+            src, dst = images.numpy(), out.numpy()
+            mean, std = self.mean[0].numpy(), self.std[0].numpy()
+            for i, (h, v) in enumerate(zip(hflip, vflip, strict=True)):
+                pixels = src[i, :, :: -1 if v else 1, :: -1 if h else 1]
+                if normalise:
+                    np.subtract(pixels, mean, out=dst[i], dtype=np.float32)
+                    np.divide(dst[i], std, out=dst[i])
+                else:
+                    np.copyto(dst[i], pixels, casting="unsafe")
+            return out
+        out = torch.empty(
+            images.shape,
+            dtype=torch.float32,
+            device=images.device,
+            memory_format=self.memory_format,
+        )
+        if any(hflip) or any(vflip):
+            for i, (h, v) in enumerate(zip(hflip, vflip, strict=True)):
+                dims = [d for d, flip in ((-1, h), (-2, v)) if flip]
+                out[i].copy_(images[i].flip(dims) if dims else images[i])
+        else:
+            out.copy_(images)
+        return out.sub_(self.mean).div_(self.std) if normalise else out
 
 
 def _affine(x: torch.Tensor, u: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:

@@ -11,7 +11,7 @@ from tests.dvc_project import make_project, project_env, run
 
 def test_dvc_repro_end_to_end(tmp_path, tiny_source):
     dvc_project = make_project(tmp_path / "project", tiny_source)
-    env = project_env()
+    env = project_env(dvc_project)
     out = run(["dvc", "repro"], dvc_project, env, timeout=900)
     assert "best epoch" in out and "test accuracy" in out
 

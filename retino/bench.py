@@ -1,0 +1,364 @@
+"""`retino bench input|train`: retino's fast path timed side by side with the seed-style loop.
+
+Both paths run in this one process on the train images of a lab-layout dataset, each after a
+warm-up and timed from the start of an epoch (a prefetching loader gets no head start), looping
+epochs when --batches asks for more than one holds:
+
+- seed-style: the seed's loader as it was: PIL open -> RandomHorizontalFlip -> RandomVerticalFlip
+  -> ToTensor per image, `DataLoader(batch_size, shuffle=True)` without workers (plus a PIL Resize
+  when --size differs from the stored images, so both paths deliver the same shape). `train` adds
+  the seed's step: fp32, default memory format, SGD.
+- retino: FundusDataset + make_loader (a worker per core, pinned memory on CUDA) + BatchTransform
+  with the seed's flips; `train` adds the engine's step (AdamW, bf16 autocast + channels_last on
+  CUDA) with the same model.
+
+The seed-style loop runs first because `make_loader` sets the process to keep freed memory
+(`retain_freed_memory`); a last reference row times the seed-style loop again under that setting,
+which shows what share of the gain is the allocator and what share the pipeline.
+
+stdout: a table, then one JSON line (always the last) with baseline_images_per_s,
+retino_images_per_s, ratio and device. Progress goes to stderr.
+"""
+
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision import transforms
+
+from retino.config import AugmentConfig, TrainConfig
+from retino.data import FundusDataset, default_workers, make_loader
+from retino.errors import RetinoError
+from retino.layout import validate
+from retino.models import build_model
+from retino.transforms import BatchTransform
+
+WARMUP_BATCHES = 3  # the heap, the page cache and the workers reach a steady state
+SEED_FLIPS = AugmentConfig(hflip=0.5, vflip=0.5, rotation=0.0, scale_min=1.0, color_jitter=0.0)
+# The raw dataset has no prepared/stats.json; any mean/std costs the same.
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+# dense bf16 peaks (datasheets), by a part of torch.cuda.get_device_name(); H100 PCIe is lower
+PEAK_BF16_FLOPS = {"H100 80GB HBM3": 989e12, "H100 SXM": 989e12, "H200": 989e12}
+
+Step = Callable[[torch.Tensor, torch.Tensor], None]
+
+
+@dataclass
+class Timing:
+    path: str
+    images: int
+    seconds: float
+    batches: int
+    wait: float  # seconds spent waiting for the next batch (the seed loads in that time)
+    peak_bytes: int | None = None  # CUDA memory high-water mark
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds
+
+
+class SeedStyleDataset(Dataset):
+    """The seed's RetinopathyDataSet: per image PIL open, random flips, ToTensor."""
+
+    def __init__(self, table: pd.DataFrame, root: Path, size: int, stored: tuple[int, int]):
+        self.paths = [str(root / p) for p in table["path"]]
+        self.labels = table["label"].tolist()
+        resize = []  # the seed had none: only to give both paths the same shape
+        if stored != (size, size):
+            resize.append(transforms.Resize(size))
+            if stored[0] != stored[1]:
+                resize.append(transforms.CenterCrop(size))
+        self.transformations = transforms.Compose(
+            [
+                *resize,
+                transforms.RandomHorizontalFlip(p=0.5),
+                transforms.RandomVerticalFlip(p=0.5),
+                transforms.ToTensor(),
+            ]
+        )
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        return self.transformations(Image.open(self.paths[index])), self.labels[index]
+
+
+def bench_input(data: Path, size: int, batch_size: int, batches: int) -> dict:
+    """Loader throughput: images/s of the normalised (retino) or ToTensor (seed) batches."""
+    device = _device()
+    table, stored = bench_images(data, batch_size, batches)
+    print(f"timing input pipelines on {len(table)} train images of {data}", file=sys.stderr)
+
+    def seed_step(x: torch.Tensor, y: torch.Tensor) -> None:
+        x.to(device)
+
+    def retino_run() -> Timing:  # its loader, and with it the workers, end on return
+        loader = retino_loader(table, data, size, batch_size, device)
+        transform = BatchTransform(MEAN, STD, device, SEED_FLIPS, device.type == "cuda")
+        generator = torch.Generator().manual_seed(0)
+
+        def step(x: torch.Tensor, y: torch.Tensor) -> None:
+            transform(x, generator)
+
+        return _run("retino loader", loader, batches, step, device)
+
+    seed = seed_loader(table, data, size, batch_size, stored)
+    rows = [_run("seed-style loader", seed, batches, seed_step, device)]
+    rows.append(retino_run())
+    rows.append(_run("seed-style, memory kept", seed, batches, seed_step, device))
+
+    workers = default_workers(-1)
+    notes = [
+        f"seed-style: {_seed_description(size, stored)}, no workers, batch_size={batch_size}",
+        f"retino: FundusDataset + make_loader ({workers} workers"
+        f"{', pinned' if device.type == 'cuda' else ''}) + BatchTransform "
+        "(flips p=0.5, uint8 -> normalised float)",
+        "seed-style, memory kept: the seed loader again after retino set the process "
+        "to keep freed memory (reference only)",
+    ]
+    title = f"retino bench input: {size} px, batch {batch_size}, {batches} batches timed"
+    title += f" ({len(table)} train images)"
+    return _report(title, rows, notes, device)
+
+
+def bench_train(data: Path, arch: str, size: int, batch_size: int, batches: int) -> dict:
+    """Full train steps (forward, backward, optimizer step) per second, in images/s."""
+    from retino.engine import autocast, make_optimizer  # engine pulls in tqdm and scikit-learn
+
+    device = _device()
+    cuda = device.type == "cuda"
+    table, stored = bench_images(data, batch_size, batches)
+    build_model(arch)  # an unknown arch fails before anything is timed
+    print(f"timing {arch} train steps on {len(table)} train images of {data}", file=sys.stderr)
+
+    def seed_run(name: str) -> Timing:
+        torch.manual_seed(0)
+        model = build_model(arch).to(device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+        criterion = nn.CrossEntropyLoss()
+
+        def step(x: torch.Tensor, y: torch.Tensor) -> None:
+            x, y = x.to(device), y.to(device)
+            loss = criterion(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            loss.item()
+
+        model.train()
+        loader = seed_loader(table, data, size, batch_size, stored)
+        return _run(name, loader, batches, step, device)
+
+    def retino_run() -> tuple[Timing, float | None]:
+        torch.manual_seed(0)
+        transform = BatchTransform(MEAN, STD, device, SEED_FLIPS, channels_last=cuda)
+        model = build_model(arch).to(device, memory_format=transform.memory_format)
+        optimizer = make_optimizer(model, TrainConfig())
+        criterion = nn.CrossEntropyLoss()
+        generator = torch.Generator().manual_seed(0)
+
+        def step(images: torch.Tensor, labels: torch.Tensor) -> None:  # train_one_epoch's body
+            x = transform(images, generator)
+            y = labels.to(device, non_blocking=True)
+            with autocast(device):
+                logits = model(x)
+                loss = criterion(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss.item()
+
+        model.train()
+        loader = retino_loader(table, data, size, batch_size, device)
+        flops = _flops_per_image(loader, step) if cuda else None
+        return _run("retino train step", loader, batches, step, device), flops
+
+    rows = [seed_run("seed-style loop")]
+    retino, flops = retino_run()
+    rows += [retino, seed_run("seed-style, memory kept")]
+
+    workers = default_workers(-1)
+    precision = "bf16 autocast, channels_last" if cuda else "fp32"
+    notes = [
+        f"seed-style: {_seed_description(size, stored)}, no workers, batch_size={batch_size}; "
+        "fp32, default memory format, SGD(momentum 0.9)",
+        f"retino: FundusDataset + make_loader ({workers} workers) + BatchTransform (flips p=0.5) "
+        f"+ the engine's step ({precision}, AdamW)",
+        "seed-style, memory kept: the seed loop again after retino set the process "
+        "to keep freed memory (reference only)",
+    ]
+    title = f"retino bench train: {arch}, {size} px, batch {batch_size}, {batches} batches timed"
+    title += f" ({len(table)} train images)"
+    return _report(title, rows, notes, device, flops)
+
+
+def train_split(data: Path) -> tuple[pd.DataFrame, tuple[int, int]]:
+    """The train split of a lab-layout dataset as a (path, label) table, and its image size."""
+    report = validate(data, check_images=False)
+    report.raise_if_invalid()
+    samples = report.samples["train"]
+    table = pd.DataFrame({"path": [s.path for s in samples], "label": [s.label for s in samples]})
+    first = Path(data) / samples[0].path
+    try:
+        with Image.open(first) as image:
+            stored = image.size
+    except OSError as err:
+        raise RetinoError(f"{first}: cannot read the image ({err}); check the dataset") from None
+    return table, stored
+
+
+def bench_images(data: Path, batch_size: int, batches: int) -> tuple[pd.DataFrame, tuple[int, int]]:
+    """The train images both paths read, as many as the warm-up and the timed batches take (at
+    most the split), each read once beforehand: both paths then find them in the page cache."""
+    table, stored = train_split(data)
+    table = table.head((WARMUP_BATCHES + batches) * batch_size)
+    for rel in table["path"]:
+        try:
+            (Path(data) / rel).read_bytes()
+        except OSError as err:
+            raise RetinoError(
+                f"{Path(data) / rel}: cannot read ({err.strerror}); check the dataset"
+            ) from None
+    return table, stored
+
+
+def seed_loader(
+    table: pd.DataFrame, root: Path, size: int, batch_size: int, stored: tuple[int, int]
+) -> DataLoader:
+    return DataLoader(SeedStyleDataset(table, root, size, stored), batch_size, shuffle=True)
+
+
+def retino_loader(
+    table: pd.DataFrame, root: Path, size: int, batch_size: int, device: torch.device
+) -> DataLoader:
+    dataset = FundusDataset(table, root, size)
+    generator = torch.Generator().manual_seed(0)
+    return make_loader(
+        dataset, batch_size, True, default_workers(-1), device.type == "cuda", generator
+    )
+
+
+def _run(name: str, loader: DataLoader, batches: int, step: Step, device: torch.device) -> Timing:
+    print(f"  {name}: warm-up", file=sys.stderr)
+    _timed(name, loader, WARMUP_BATCHES, step, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    print(f"  {name}: {batches} batches", file=sys.stderr)
+    timing = _timed(name, loader, batches, step, device)
+    if device.type == "cuda":
+        timing.peak_bytes = torch.cuda.max_memory_allocated(device)
+    return timing
+
+
+def _timed(name: str, loader: DataLoader, batches: int, step: Step, device: torch.device) -> Timing:
+    images = done = 0
+    wait = 0.0
+    start = time.perf_counter()
+    while done < batches:
+        epoch = iter(loader)  # a new epoch: the loader starts (and prefetches) from scratch
+        while done < batches:
+            t = time.perf_counter()
+            batch = next(epoch, None)
+            wait += time.perf_counter() - t
+            if batch is None:
+                break
+            step(*batch)
+            images += len(batch[1])
+            done += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return Timing(name, images, time.perf_counter() - start, done, wait)
+
+
+def _flops_per_image(loader: DataLoader, step: Step) -> float:
+    """Model FLOPs of one train step (forward + backward), per image, counted by torch."""
+    images, labels = next(iter(loader))
+    with FlopCounterMode(display=False) as counter:
+        step(images, labels)
+    return counter.get_total_flops() / len(labels)
+
+
+def _seed_description(size: int, stored: tuple[int, int]) -> str:
+    steps = ["PIL open"]
+    if stored != (size, size):
+        steps.append(f"Resize({size})")  # the stored images are another size
+        if stored[0] != stored[1]:
+            steps.append(f"CenterCrop({size})")
+    steps += ["hflip", "vflip", "ToTensor"]
+    extra = f" (stored images are {stored[0]}x{stored[1]} px)" if stored != (size, size) else ""
+    return " -> ".join(steps) + extra
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu: {model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def _peak_flops(device: torch.device) -> float | None:
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in name), None)
+
+
+def _report(
+    title: str,
+    rows: list[Timing],
+    notes: list[str],
+    device: torch.device,
+    flops: float | None = None,  # model FLOPs per image and train step (CUDA only)
+) -> dict:
+    baseline, retino = rows[0], rows[1]
+    name = _device_name(device)
+    header = f"{'path':<26}{'images/s':>10}{'x seed':>8}{'s/batch':>9}{'wait/batch':>12}"
+    cuda = device.type == "cuda"
+    peak = _peak_flops(device) if cuda else None
+    if cuda:
+        header += f"{'peak GiB':>10}" + (f"{'TFLOP/s':>9}{'MFU':>7}" if flops else "")
+    lines = [title, f"device: {name}", header]
+    for row in rows:
+        line = f"{row.path:<26}{row.rate:>10.1f}{row.rate / baseline.rate:>8.2f}"
+        line += f"{row.seconds / row.batches:>9.3f}{row.wait / row.batches:>12.3f}"
+        if cuda:
+            line += f"{row.peak_bytes / 2**30:>10.2f}"
+            if flops:
+                achieved = flops * row.rate
+                mfu = f"{achieved / peak:.1%}" if peak else "n/a"
+                line += f"{achieved / 1e12:>9.1f}{mfu:>7}"
+        lines.append(line)
+    if cuda and flops:
+        mfu = "MFU vs the dense bf16 peak" if peak else "MFU n/a: no peak known for this card"
+        lines.append(f"model: {flops / 1e9:.2f} GFLOP per image per train step; {mfu}")
+    lines += [f"- {note}" for note in notes]
+    print("\n".join(lines))
+    result = {
+        "baseline_images_per_s": round(baseline.rate, 2),
+        "retino_images_per_s": round(retino.rate, 2),
+        "ratio": round(retino.rate / baseline.rate, 2),
+        "device": name,
+    }
+    print(json.dumps(result), flush=True)
+    return result
