@@ -135,7 +135,7 @@ def bench_input(data: Path, size: int, batch_size: int, batches: int) -> dict:
 
 def bench_train(data: Path, arch: str, size: int, batch_size: int, batches: int) -> dict:
     """Full train steps (forward, backward, optimizer step) per second, in images/s."""
-    from retino.engine import autocast, make_optimizer  # engine pulls in tqdm and scikit-learn
+    from retino.engine import make_optimizer, train_step  # engine pulls in tqdm and scikit-learn
 
     device = _device()
     cuda = device.type == "cuda"
@@ -169,15 +169,10 @@ def bench_train(data: Path, arch: str, size: int, batch_size: int, batches: int)
         criterion = nn.CrossEntropyLoss()
         generator = torch.Generator().manual_seed(0)
 
-        def step(images: torch.Tensor, labels: torch.Tensor) -> None:  # train_one_epoch's body
-            x = transform(images, generator)
-            y = labels.to(device, non_blocking=True)
-            with autocast(device):
-                logits = model(x)
-                loss = criterion(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        def step(images: torch.Tensor, labels: torch.Tensor) -> None:  # as train_one_epoch
+            loss, _, _ = train_step(
+                model, images, labels, transform, optimizer, criterion, generator
+            )
             loss.item()
 
         model.train()

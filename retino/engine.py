@@ -55,6 +55,27 @@ def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 101 + stream)
 
 
+def train_step(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    transform: BatchTransform,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimisation step on a uint8 batch: (loss, logits, labels on the device)."""
+    x = transform(images, generator)
+    y = labels.to(transform.device, non_blocking=True)
+    with autocast(transform.device):
+        logits = model(x)
+        loss = criterion(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, logits, y
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -71,14 +92,9 @@ def train_one_epoch(
     start = time.perf_counter()
     bar = _progress(loader, desc, job)
     for images, labels in bar:
-        x = transform(images, generator)
-        y = labels.to(device, non_blocking=True)
-        with autocast(device):
-            logits = model(x)
-            loss = criterion(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss, logits, y = train_step(
+            model, images, labels, transform, optimizer, criterion, generator
+        )
         n = len(y)
         total_loss += loss.item() * n
         correct += (logits.argmax(1) == y).sum().item()
