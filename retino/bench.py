@@ -239,10 +239,7 @@ def retino_loader(
     table: pd.DataFrame, root: Path, size: int, batch_size: int, device: torch.device
 ) -> DataLoader:
     dataset = FundusDataset(table, root, size)
-    generator = torch.Generator().manual_seed(0)
-    return make_loader(
-        dataset, batch_size, True, default_workers(-1), device.type == "cuda", generator
-    )
+    return make_loader(dataset, batch_size, True, default_workers(-1), device.type == "cuda")
 
 
 def _run(name: str, loader: DataLoader, batches: int, step: Step, device: torch.device) -> Timing:

@@ -95,7 +95,6 @@ def make_loader(
     shuffle: bool,
     workers: int,
     pin_memory: bool,
-    generator: torch.Generator | None = None,
     sampler: Sampler | None = None,
 ) -> DataLoader:
     retain_freed_memory()  # before the workers fork: they inherit it
@@ -103,8 +102,7 @@ def make_loader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle and sampler is None,
-        sampler=sampler,  # a DistributedSampler under DDP (it shuffles itself)
-        generator=generator,  # reseeded by the engine at every epoch for resumable shuffling
+        sampler=sampler,  # training passes one that shuffles by (seed, epoch), see retino.train
         num_workers=workers,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,

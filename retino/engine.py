@@ -3,9 +3,10 @@
 The engine never talks to MLflow: `fit` calls `on_epoch(epoch, metrics)` after each epoch and
 the train stage wires that callback to the tracker.
 
-Reproducibility: the shuffle order and every augmentation of epoch e come from generators seeded
-with (seed, e), and the checkpoint holds model, optimizer and scheduler state. A run resumed
-after epoch e therefore continues exactly as the uninterrupted run did (on CPU, bit for bit).
+Reproducibility: the shuffle order (the train loader's sampler) and every augmentation of epoch
+e are seeded with (seed, e), and the checkpoint holds model, optimizer and scheduler state. A run
+resumed after epoch e therefore continues exactly as the uninterrupted run did (on CPU, bit for
+bit).
 """
 
 import contextlib
@@ -24,7 +25,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from retino.config import Config, TrainConfig
@@ -51,7 +51,7 @@ def autocast(device: torch.device):
 
 
 def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
-    """Independent, reproducible random stream per (seed, epoch, purpose)."""
+    """Independent, reproducible random stream per (seed, epoch, stream)."""
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 101 + stream)
 
 
@@ -289,11 +289,8 @@ def fit(
             set_backbone_trainable(model, trains_backbone)
             net, net_trains_backbone = _wrap(model, tc, job, device), trains_backbone
         lr = optimizer.param_groups[0]["lr"]
-        if isinstance(loaders.train.sampler, DistributedSampler):
-            loaders.train.sampler.set_epoch(epoch)  # seeded with cfg.seed: a fixed order per epoch
-        else:  # reseeding the loader's generator fixes each epoch's order
-            loaders.train.generator.manual_seed(epoch_generator(cfg.seed, epoch, 0).initial_seed())
-        aug_gen = epoch_generator(cfg.seed, epoch, 1 + job.rank)  # each rank its own draws
+        loaders.train.sampler.set_epoch(epoch)  # a DistributedSampler: fixed order per epoch
+        aug_gen = epoch_generator(cfg.seed, epoch, job.rank)  # each rank its own draws
         tr = train_one_epoch(
             net, loaders.train, train_tf, optimizer, criterion, aug_gen,
             desc=f"epoch {epoch + 1}/{tc.epochs} train", job=job,

@@ -117,12 +117,15 @@ def _loaders(cfg: Config, data_root: Path, prepared: Path, pin: bool, job: Dist)
 
     def loader(split: str, batch_size: int, shuffle: bool):
         dataset = FundusDataset(read_split(prepared, split), data_root, size)
-        # under DDP each rank reads its own shard; DistributedSampler shuffles with the seed
-        sampler = (
-            DistributedSampler(dataset, shuffle=shuffle, seed=cfg.seed) if job.enabled else None
+        # The order of epoch e is a permutation seeded by (seed, e) (the engine calls set_epoch),
+        # whatever the loader did before: a resumed run gets the same batches as an
+        # uninterrupted one. A DataLoader's own generator would not do: with persistent workers
+        # it is drawn from once per iterator, so epoch 2 shuffles differently after a restart.
+        # Under DDP each rank reads its own shard.
+        sampler = DistributedSampler(
+            dataset, num_replicas=job.world_size, rank=job.rank, shuffle=shuffle, seed=cfg.seed
         )
-        generator = torch.Generator() if shuffle and sampler is None else None
-        return make_loader(dataset, batch_size, shuffle, workers, pin, generator, sampler)
+        return make_loader(dataset, batch_size, shuffle, workers, pin, sampler)
 
     test = loader("test", cfg.eval.batch_size, False) if cfg.train.track_test else None
     return Loaders(

@@ -140,9 +140,7 @@ def _children() -> set[int]:
 def test_loader_workers_end_with_the_loader(tiny_source):
     table, _ = train_split(tiny_source)
     before = _children()
-    loader = make_loader(
-        FundusDataset(table, tiny_source, 32), 8, True, 2, False, torch.Generator()
-    )
+    loader = make_loader(FundusDataset(table, tiny_source, 32), 8, True, 2, False)
     next(iter(loader))
     assert len(_children() - before) == 2  # persistent workers, alive between epochs
     del loader

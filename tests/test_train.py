@@ -101,7 +101,13 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
 
 
 def test_kill_9_then_resume_matches_uninterrupted_run(project):
-    write_params(project / "params.yaml", tiny_config(train__epochs=3))
+    # as the demo: persistent loader workers, every augmentation, warm-up
+    demo_like = tiny_config(
+        train__epochs=3, data__num_workers=2, train__warmup_epochs=1,
+        train__augment__rotation=15.0, train__augment__scale_min=0.85,
+        train__augment__color_jitter=0.1,
+    )  # fmt: skip
+    write_params(project / "params.yaml", demo_like)
     full = start_stage(project, "full")
     out, err = full.communicate(timeout=600)
     assert full.returncode == 0, err
