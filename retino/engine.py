@@ -16,7 +16,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -229,10 +229,12 @@ class Loaders:
 
 @dataclass
 class FitResult:
-    history: list[dict[str, float]]
-    best_epoch: int
-    resumed_from: int = 0  # epochs already done when this process started
-    best: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]]  # one row per epoch, epoch 1 first
+    best_epoch: int  # 1-based, the epoch best.pt holds
+
+    @property
+    def best(self) -> dict[str, float]:
+        return self.history[self.best_epoch - 1]
 
 
 def better(metric: str, new: float, old: float | None) -> bool:
@@ -330,7 +332,7 @@ def fit(
             )
             on_epoch(epoch + 1, row)
         _say(job, _epoch_line(row, tc.epochs))
-    return FitResult(history, best_epoch + 1, start_epoch, history[best_epoch])
+    return FitResult(history, best_epoch + 1)
 
 
 def _wrap(model: nn.Module, cfg: TrainConfig, job: Dist, device: torch.device) -> nn.Module:
