@@ -25,7 +25,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from retino.layout import validate
+    from retino.data.layouts import validate
 
     report = validate(args.dir)
     for warning in report.warnings:
@@ -36,8 +36,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from retino.compare import compare
-    from retino.tracking import project_root
+    from retino.evaluation.compare import compare
+    from retino.tracking.store import project_root
 
     notes = compare(project_root(), args.out, args.experiment, args.runs)
     for note in notes:
@@ -47,7 +47,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    from retino.ui import serve
+    from retino.tracking.server import serve
 
     return serve(args.port)
 
@@ -59,7 +59,12 @@ def _port(text: str) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from retino.predict import expand_inputs, load_predictor, predict_images, write_prediction_cams
+    from retino.evaluation.predict import (
+        expand_inputs,
+        load_predictor,
+        predict_images,
+        write_prediction_cams,
+    )
 
     paths = expand_inputs(args.images)
     predictor = load_predictor(args.model, args.device)
@@ -78,7 +83,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from retino.evaluation import explain
+    from retino.evaluation.evaluate import explain
 
     files = explain(args.model, args.data, args.prepared, args.out, args.per_grade, args.device)
     print(f"wrote {len(files)} Grad-CAM images of test photographs to {args.out}")
@@ -86,22 +91,23 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _register(args: argparse.Namespace) -> int:
-    from retino.tracking import project_root, register_model
+    from retino.tracking.registry import register_model
+    from retino.tracking.store import existing_store, project_root
 
-    version = register_model(project_root(), args.run, args.name, args.alias)
+    version = register_model(existing_store(project_root()), args.run, args.name, args.alias)
     alias = f", alias models:/{args.name}@{args.alias}" if args.alias else ""
     print(f"registered models:/{args.name}/{version}{alias}")
     return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from retino.bench import bench_input, bench_train
-
-    if args.what == "input":
-        bench_input(args.data, args.size, args.batch_size, args.batches)
-    else:
-        bench_train(args.data, args.arch, args.size, args.batch_size, args.batches)
-    return 0
+    try:
+        from benchmarks.cli import main as bench
+    except ImportError:
+        raise RetinoError(
+            "retino bench needs the benchmarks/ folder of a source checkout"
+        ) from None
+    return bench(args.argv)
 
 
 def _positive(text: str) -> int:
@@ -127,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", type=Path, help="dataset root (holds train_img.csv ... and images/)")
     p.set_defaults(handler=_validate)
 
-    p = sub.add_parser("compare", help="the seed's results table and figures from MLflow runs")
+    p = sub.add_parser("compare", help="the lab report's results table and figures, from MLflow")
     p.add_argument("--out", type=Path, required=True, help="folder for results.md/.csv and PNGs")
     p.add_argument("--experiment", default="retino", help="MLflow experiment (default retino)")
     p.add_argument("--runs", nargs="+", metavar="RUN", help="only these run ids or run names")
@@ -164,21 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alias", help="point this alias (e.g. champion) at the new version")
     p.set_defaults(handler=_register)
 
-    p = sub.add_parser("bench", help="time retino's fast path against the seed-style loop")
-    what = p.add_subparsers(dest="what", required=True, metavar="WHAT")
-    q = what.add_parser("input", help="loader throughput: decode, batch, flip, normalise")
-    q.add_argument("--data", type=Path, required=True, help="dataset root in the lab layout")
-    q.add_argument("--size", type=_positive, default=512, help="image side (default 512)")
-    q.add_argument("--batch-size", type=_positive, default=16, help="default 16")
-    q.add_argument("--batches", type=_positive, default=20, help="timed per path (default 20)")
-    q.set_defaults(handler=_bench)
-    q = what.add_parser("train", help="train steps: loading, forward, backward, optimizer step")
-    q.add_argument("--data", type=Path, required=True, help="dataset root in the lab layout")
-    q.add_argument("--arch", required=True, help="resnet18, resnet34, resnet50 ...")
-    q.add_argument("--size", type=_positive, required=True, help="image side in pixels")
-    q.add_argument("--batch-size", type=_positive, default=32, help="default 32")
-    q.add_argument("--batches", type=_positive, default=10, help="timed per path (default 10)")
-    q.set_defaults(handler=_bench)
+    # the benchmark lives outside the library (benchmarks/): its arguments are its own
+    p = sub.add_parser("bench", add_help=False, help="time retino against the lab report's loop")
+    p.add_argument("argv", nargs=argparse.REMAINDER, help="input|train ... (bench --help)")
+    p.set_defaults(handler=_bench)
     return parser
 
 

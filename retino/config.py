@@ -28,8 +28,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    hflip: float = 0.5  # probability (the seed's RandomHorizontalFlip)
-    vflip: float = 0.5  # probability (the seed's RandomVerticalFlip)
+    hflip: float = 0.5  # probability (the lab report's RandomHorizontalFlip)
+    vflip: float = 0.5  # probability (the lab report's RandomVerticalFlip)
     rotation: float = 0.0  # max degrees, uniform in [-rotation, rotation]
     scale_min: float = 1.0  # random resized crop: min area fraction kept (1.0 = off)
     color_jitter: float = 0.0  # max relative change of brightness and of contrast
@@ -38,7 +38,7 @@ class AugmentConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 6
-    freeze_epochs: int = 0  # first epochs train the head only (the seed's feature extraction)
+    freeze_epochs: int = 0  # first epochs train the head only (the lab report's feature extraction)
     batch_size: int = 32
     optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: float = 1e-3
@@ -51,7 +51,7 @@ class TrainConfig:
     class_weights: bool = False  # inverse-frequency weighted cross-entropy
     label_smoothing: float = 0.0
     select_metric: Literal["val_qwk", "val_acc", "val_loss"] = "val_qwk"
-    track_test: bool = True  # log test accuracy per epoch for the seed's curves (never selects)
+    track_test: bool = True  # test accuracy per epoch for the lab report's curves (never selects)
     weights: Literal["IMAGENET1K_V1", "IMAGENET1K_V2"] = "IMAGENET1K_V1"
     device: str = "auto"  # auto (cuda when present, else cpu), cpu, cuda, cuda:1 ...
     compile: bool = False  # torch.compile the model (CUDA)

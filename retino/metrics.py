@@ -32,9 +32,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-NUM_CLASSES = 5
-GRADE_NAMES = ("No DR", "Mild", "Moderate", "Severe", "Proliferative")
-REFERABLE_GRADE = 2  # grade >= 2: moderate NPDR or worse, refer to an ophthalmologist
+from retino.grades import NUM_CLASSES, REFERABLE_GRADE
 
 _LABELS = list(range(NUM_CLASSES))
 

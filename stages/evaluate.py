@@ -9,9 +9,10 @@ import pandas as pd
 
 from retino.config import load_config
 from retino.errors import exit_on_error
-from retino.evaluation import evaluate_test
-from retino.predict import load_predictor, write_gallery
-from retino.tracking import open_run, project_root, read_run_file
+from retino.evaluation.evaluate import evaluate_test
+from retino.evaluation.predict import load_predictor, write_gallery
+from retino.tracking.runs import open_run, read_run_file
+from retino.tracking.store import project_root
 
 
 @exit_on_error

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 
 from retino.errors import exit_on_error
-from retino.plots import plot_confusion, plot_curves
-from retino.tracking import open_run, project_root, read_run_file
+from retino.evaluation.plots import plot_confusion, plot_curves
+from retino.tracking.runs import open_run, read_run_file
+from retino.tracking.store import project_root
 
 
 @exit_on_error

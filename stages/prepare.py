@@ -5,8 +5,8 @@ import sys
 from pathlib import Path
 
 from retino.config import load_config
+from retino.data.prepare import prepare
 from retino.errors import exit_on_error
-from retino.prepare import prepare
 
 
 @exit_on_error

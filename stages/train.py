@@ -5,9 +5,9 @@ import sys
 from pathlib import Path
 
 from retino.config import load_config
-from retino.distributed import launch, needs_launch
 from retino.errors import exit_on_error
-from retino.train import train
+from retino.training.distributed import launch, needs_launch
+from retino.training.train import train
 
 
 @exit_on_error

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from retino.config import Config, from_dict
-from retino.prepare import prepare
+from retino.data.prepare import prepare
 from retino.synth import synthesize
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # never wait on a download

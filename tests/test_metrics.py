@@ -7,9 +7,8 @@ import pytest
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import accuracy_score, cohen_kappa_score
 
+from retino.grades import NUM_CLASSES
 from retino.metrics import (
-    GRADE_NAMES,
-    NUM_CLASSES,
     classification_metrics,
     confusion,
     normalise_rows,
@@ -38,11 +37,6 @@ def assert_plain_json(metrics: dict) -> None:
         assert type(value) is float, f"{key} is {type(value).__name__}, not float"
         assert math.isfinite(value), key
     assert json.loads(json.dumps(metrics)) == metrics
-
-
-def test_constants():
-    assert NUM_CLASSES == 5
-    assert GRADE_NAMES == ("No DR", "Mild", "Moderate", "Severe", "Proliferative")
 
 
 def test_perfect_predictions():

@@ -1,0 +1,68 @@
+"""Reading runs back: what `retino compare` and `retino predict` need, without MLflow types."""
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from retino.errors import RetinoError
+from retino.tracking.store import DEFAULT_EXPERIMENT, Store, retry
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    name: str
+    status: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+
+
+def list_runs(
+    store: Store, experiment: str = DEFAULT_EXPERIMENT, run_ids: list[str] | None = None
+) -> list[RunRecord]:
+    """Runs of `experiment` (or just `run_ids`, given as ids or run names), oldest first."""
+    experiment_id = store.experiment_id(experiment)
+    if experiment_id is None:
+        raise RetinoError(
+            f"no MLflow experiment {experiment!r} in {store.uri}; run `dvc repro` first"
+        )
+    runs = retry(lambda: store.client.search_runs([experiment_id], order_by=["start_time ASC"]))
+    records = [
+        RunRecord(r.info.run_id, r.info.run_name, r.info.status, r.data.params, r.data.metrics)
+        for r in runs
+    ]
+    if run_ids:
+        wanted = set(run_ids)
+        records = [r for r in records if r.run_id in wanted or r.name in wanted]
+        missing = wanted - {r.run_id for r in records} - {r.name for r in records}
+        if missing:
+            raise RetinoError(f"run {sorted(missing)[0]!r} not found in experiment {experiment!r}")
+    return records
+
+
+def metric_history(store: Store, run_id: str, key: str) -> dict[int, float]:
+    """step -> value of a per-epoch metric (the last value logged at each step)."""
+    return {m.step: m.value for m in retry(lambda: store.client.get_metric_history(run_id, key))}
+
+
+def download_artifact(store: Store, run_id: str, path: str, dst: Path) -> Path:
+    """A run's artifact `path`, copied under `dst`."""
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=path, dst_path=str(dst), tracking_uri=store.uri
+        )
+    except (MlflowException, OSError):
+        raise RetinoError(f"MLflow run {run_id}: no artifact {path}; was it trained?") from None
+    return Path(local)
+
+
+def read_artifact(store: Store, run_id: str, path: str) -> str | None:
+    """Text of a run's artifact, or None when the run has no such artifact."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            return download_artifact(store, run_id, path, Path(tmp)).read_text()
+        except RetinoError:
+            return None

@@ -1,0 +1,84 @@
+"""Model sources and the registry: which run a `--model` argument means; `retino register`."""
+
+from typing import Any
+
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+
+from retino.errors import RetinoError
+from retino.tracking.runs import MODEL_NAME
+from retino.tracking.store import DEFAULT_EXPERIMENT, Store, retry
+
+
+def resolve_run(store: Store, source: str, experiment: str = DEFAULT_EXPERIMENT) -> str:
+    """The run id behind `runs:/<id>/model`, `models:/<name>/<version>`, `models:/<name>@<alias>`
+    or a run name / DVC experiment name (the latest finished run carrying it)."""
+    client = store.client
+    if source.startswith("runs:/"):
+        run_id = source.removeprefix("runs:/").split("/")[0]
+        try:
+            return retry(lambda: client.get_run(run_id)).info.run_id
+        except MlflowException:
+            raise RetinoError(f"{source}: no run {run_id!r} in {store.uri}") from None
+    if source.startswith("models:/"):
+        version = _model_version(store, source)
+        if not version.run_id:
+            raise RetinoError(f"{source}: not registered from a run; use `retino register`")
+        return version.run_id
+    experiment_id = store.experiment_id(experiment)
+    runs = []
+    if experiment_id is not None and "'" not in source:  # a quote cannot be in a name we logged
+        for key in ("attributes.run_name", "tags.dvc_exp_name"):
+            query = f"{key} = '{source}' AND attributes.status = 'FINISHED'"
+            runs += retry(lambda query=query: client.search_runs([experiment_id], query))
+    if not runs:
+        raise RetinoError(
+            f"{source}: no checkpoint file, MLflow URI or finished run / DVC experiment of that "
+            f"name in {store.uri}; give models/best.pt, runs:/<id>/model or models:/<name>@<alias>"
+        )
+    return max(runs, key=lambda r: r.info.start_time).info.run_id
+
+
+def _model_version(store: Store, uri: str) -> Any:
+    name, alias = uri.removeprefix("models:/").partition("@")[::2]
+    try:
+        if alias:
+            return retry(lambda: store.client.get_model_version_by_alias(name, alias))
+        name, _, version = name.rpartition("/")
+        if name and version.isdigit():
+            return retry(lambda: store.client.get_model_version(name, version))
+    except MlflowException as err:
+        raise RetinoError(f"{uri}: {err.message.splitlines()[0]}") from None
+    raise RetinoError(f"{uri}: expected models:/<name>/<version> or models:/<name>@<alias>")
+
+
+def register_model(store: Store, run_id: str, name: str, alias: str | None = None) -> str:
+    """Register the model `Run.log_model` logged in `run_id` as a new version of `name`; point
+    `alias` at it. Returns the version."""
+    client = store.client
+    try:
+        run = retry(lambda: client.get_run(run_id))
+    except MlflowException:
+        raise RetinoError(f"MLflow run {run_id!r} not found in {store.uri}") from None
+    query = f"source_run_id = '{run_id}' AND name = '{MODEL_NAME}'"
+    logged = retry(lambda: client.search_logged_models([run.info.experiment_id], query))
+    if not logged:
+        raise RetinoError(f"MLflow run {run_id}: no logged model; only a finished train has one")
+    model_id = logged[0].model_id
+    try:
+        try:
+            retry(lambda: client.create_registered_model(name))
+        except MlflowException as err:
+            if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise
+        # models:/<model id> is what runs:/<id>/model resolves to in MLflow 3
+        version = retry(
+            lambda: client.create_model_version(
+                name, f"models:/{model_id}", run_id=run_id, model_id=model_id
+            )
+        )
+        if alias:
+            retry(lambda: client.set_registered_model_alias(name, alias, version.version))
+    except MlflowException as err:
+        raise RetinoError(f"registering {name!r}: {err.message.splitlines()[0]}") from None
+    return str(version.version)

@@ -1,0 +1,1 @@
+"""Models, the training loop, checkpoints, data-parallel training, and the train step."""

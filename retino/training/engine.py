@@ -1,0 +1,276 @@
+"""Training and evaluation loops: batches in, metrics out.
+
+The engine neither writes files nor talks to MLflow: `fit` calls `on_epoch` after each epoch
+and the train step (retino.training.train) writes checkpoints and logs there.
+
+Reproducibility: the shuffle order (the train loader's sampler) and every augmentation of epoch
+e are seeded with (seed, e), and the checkpoint holds model, optimizer and scheduler state. A run
+resumed after epoch e therefore continues exactly as the uninterrupted run did (on CPU, bit for
+bit).
+"""
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from retino.config import Config, TrainConfig
+from retino.data.transforms import BatchTransform
+from retino.metrics import quick_metrics
+from retino.training.distributed import Dist, all_sum, gather_ordered
+
+SINGLE = Dist()  # a plain single-process run
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; plain fp32 on CPU, where bf16 is an order of magnitude slower."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
+    """Independent, reproducible random stream per (seed, epoch, stream)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 101 + stream)
+
+
+def train_step(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    transform: BatchTransform,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimisation step on a uint8 batch: (loss, logits, labels on the device)."""
+    x = transform(images, generator)
+    y = labels.to(transform.device, non_blocking=True)
+    with autocast(transform.device):
+        logits = model(x)
+        loss = criterion(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, logits, y
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    transform: BatchTransform,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    generator: torch.Generator,
+    desc: str = "train",
+    job: Dist = SINGLE,
+) -> dict[str, float]:
+    model.train()
+    device = transform.device
+    total_loss, correct, seen = 0.0, 0, 0
+    start = time.perf_counter()
+    bar = _progress(loader, desc, job)
+    for images, labels in bar:
+        loss, logits, y = train_step(
+            model, images, labels, transform, optimizer, criterion, generator
+        )
+        n = len(y)
+        total_loss += loss.item() * n
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += n
+        rate = seen / (time.perf_counter() - start)
+        bar.set_postfix(
+            loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}", img_s=f"{rate:.0f}"
+        )
+    seconds = time.perf_counter() - start
+    total_loss, correct, seen = all_sum(job, [total_loss, correct, seen], device)
+    return {"loss": total_loss / seen, "acc": correct / seen, "images_per_s": seen / seconds}
+
+
+def _progress(loader: DataLoader, desc: str, job: Dist) -> tqdm:
+    """A bar on a terminal, in the main process only."""
+    return tqdm(
+        loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0,
+        disable=None if job.is_main else True,
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    loader: DataLoader,
+    transform: BatchTransform,
+    desc: str = "predict",
+    job: Dist = SINGLE,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(labels (N,), softmax probabilities (N, 5)) for every sample of `loader`, in order.
+
+    Under DDP each rank predicts its shard and every rank gets the whole, reassembled.
+    """
+    model.eval()
+    labels, probs = [], []
+    for images, y in _progress(loader, desc, job):
+        with autocast(transform.device):
+            logits = model(transform(images))
+        probs.append(torch.softmax(logits.float(), 1))
+        labels.append(y.to(transform.device))
+    total = len(loader.dataset)
+    labels_all = gather_ordered(job, torch.cat(labels), total).cpu().numpy()
+    return labels_all, gather_ordered(job, torch.cat(probs), total).cpu().numpy()
+
+
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    transform: BatchTransform,
+    desc: str = "eval",
+    job: Dist = SINGLE,
+) -> dict[str, float]:
+    """loss, acc, qwk on a held-out loader."""
+    labels, probs = predict(model, loader, transform, desc, job)
+    nll = F.nll_loss(torch.log(torch.as_tensor(probs).clamp_min(1e-12)), torch.as_tensor(labels))
+    return {"loss": nll.item(), **quick_metrics(labels, probs.argmax(1))}
+
+
+def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
+    """Freeze or unfreeze everything but the `fc` head (the lab's first, head-only phase)."""
+    for name, param in model.named_parameters():
+        if not name.startswith("fc."):
+            param.requires_grad_(trainable)
+
+
+@dataclass
+class Loaders:
+    train: DataLoader  # its sampler has set_epoch(epoch): a fixed order per epoch
+    val: DataLoader
+    test: DataLoader | None = None  # only for the lab report's per-epoch test curve
+
+
+@dataclass
+class Trainee:
+    """What `fit` trains with, built by the train step (and restored there on resume)."""
+
+    model: nn.Module  # the bare module: what checkpoints hold
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler  # stepped once per epoch
+    criterion: nn.Module
+    train_tf: BatchTransform  # augments
+    eval_tf: BatchTransform
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]]  # one row per epoch, epoch 1 first
+    best_epoch: int  # 1-based, the selected epoch
+
+    @property
+    def best(self) -> dict[str, float]:
+        return self.history[self.best_epoch - 1]
+
+
+EpochCallback = Callable[[FitResult, bool], None]
+
+
+def better(metric: str, new: float, old: float | None) -> bool:
+    if old is None:
+        return True
+    return new < old if metric.endswith("loss") else new > old
+
+
+def fit(
+    trainee: Trainee,
+    loaders: Loaders,
+    cfg: Config,
+    done: FitResult | None = None,
+    on_epoch: EpochCallback = lambda result, improved: None,
+    job: Dist = SINGLE,
+) -> FitResult:
+    """Train epochs len(done.history)+1 .. cfg.train.epochs and select on validation.
+
+    `done` holds the epochs a resumed run has already completed (their weights and optimizer
+    state already restored into `trainee`). After every epoch the main process calls
+    `on_epoch(result so far, whether this epoch is the new best)`: the train step writes the
+    checkpoints and logs there. Under DDP `trainee.model` stays the bare module; a wrapped one
+    only runs the steps.
+    """
+    tc = cfg.train
+    sampler = loaders.train.sampler
+    if not hasattr(sampler, "set_epoch"):
+        # the order of epoch e must depend on (seed, e) alone, or a resumed run diverges
+        raise TypeError("fit: the train loader needs a sampler with set_epoch(epoch)")
+    result = FitResult([dict(row) for row in done.history], done.best_epoch) if done else None
+    history = result.history if result else []
+    best_value = result.best[tc.select_metric] if result else None
+    device = trainee.train_tf.device
+
+    net, net_trains_backbone = trainee.model, None
+    for epoch in range(len(history), tc.epochs):
+        trains_backbone = epoch >= tc.freeze_epochs
+        if trains_backbone != net_trains_backbone:  # DDP must be rebuilt when that set changes
+            set_backbone_trainable(trainee.model, trains_backbone)
+            net, net_trains_backbone = _wrap(trainee.model, tc, job, device), trains_backbone
+        lr = trainee.optimizer.param_groups[0]["lr"]
+        sampler.set_epoch(epoch)
+        aug_gen = epoch_generator(cfg.seed, epoch, job.rank)  # each rank its own draws
+        tr = train_one_epoch(
+            net, loaders.train, trainee.train_tf, trainee.optimizer, trainee.criterion, aug_gen,
+            desc=f"epoch {epoch + 1}/{tc.epochs} train", job=job,
+        )  # fmt: skip
+        trainee.scheduler.step()
+        va = evaluate(net, loaders.val, trainee.eval_tf, f"epoch {epoch + 1} val", job)
+        row = {"epoch": epoch + 1, "lr": lr}
+        row |= {f"train_{k}": v for k, v in tr.items() if k != "images_per_s"}
+        row |= {f"val_{k}": v for k, v in va.items()}
+        if loaders.test is not None:
+            te = evaluate(net, loaders.test, trainee.eval_tf, f"epoch {epoch + 1} test", job)
+            row |= {"test_loss": te["loss"], "test_acc": te["acc"]}
+        row["images_per_s"] = tr["images_per_s"]
+        history.append(row)
+
+        improved = better(tc.select_metric, row[tc.select_metric], best_value)
+        if improved:
+            best_value = row[tc.select_metric]
+        result = FitResult(history, epoch + 1 if improved else result.best_epoch)
+        if job.is_main:
+            on_epoch(result, improved)
+        _say(job, _epoch_line(row, tc.epochs))
+    return result
+
+
+def _wrap(model: nn.Module, cfg: TrainConfig, job: Dist, device: torch.device) -> nn.Module:
+    """The module the steps run through: DDP under torchrun, optionally torch.compile'd."""
+    net = model
+    if job.enabled:
+        net = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    return torch.compile(net) if cfg.compile else net
+
+
+def _say(job: Dist, message: str) -> None:
+    if job.is_main:
+        print(message, flush=True)
+
+
+def _epoch_line(row: dict[str, float], epochs: int) -> str:
+    parts = [f"epoch {row['epoch']}/{epochs}", f"loss {row['train_loss']:.4f}"]
+    parts += [f"train_acc {row['train_acc']:.3f}", f"val_acc {row['val_acc']:.3f}"]
+    parts += [f"val_qwk {row['val_qwk']:.3f}"]
+    if "test_acc" in row:
+        parts.append(f"test_acc {row['test_acc']:.3f}")
+    parts.append(f"{row['images_per_s']:.0f} img/s")
+    return "  ".join(parts)

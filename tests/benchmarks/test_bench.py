@@ -1,0 +1,81 @@
+"""`retino bench input|train` on tiny data: the table, the final JSON line, clear errors, and a
+start-up path free of mlflow and dvc. Not timed: the numbers only have to be there."""
+
+import json
+import os
+import subprocess
+import sys
+
+from retino.cli import main
+from tests.conftest import ROOT
+
+KEYS = {"baseline_images_per_s", "retino_images_per_s", "ratio", "device"}
+
+
+def last_json(out: str) -> dict:
+    result = json.loads(out.strip().splitlines()[-1])
+    assert set(result) == KEYS
+    assert result["baseline_images_per_s"] > 0 and result["retino_images_per_s"] > 0
+    ratio = result["retino_images_per_s"] / result["baseline_images_per_s"]
+    assert abs(result["ratio"] - ratio) < 0.01 * ratio + 0.01
+    assert result["device"].startswith(("cpu", "cuda"))
+    return result
+
+
+def test_bench_input_prints_a_table_then_json(tiny_source, capsys):
+    argv = ["bench", "input", "--data", str(tiny_source), "--size", "48"]
+    assert main([*argv, "--batch-size", "8", "--batches", "2"]) == 0
+    out = capsys.readouterr().out
+    last_json(out)
+    lines = out.splitlines()
+    assert lines[0].startswith("retino bench input: 48 px, batch 8, 2 batches")
+    rows = [line.split()[0] for line in lines[3:6]]
+    assert rows == ["lab-report", "retino", "lab-report,"]
+    assert "Resize" not in out  # the stored images are 48 px already
+
+
+def test_bench_input_resizes_the_seed_path_to_the_same_shape(tiny_source, capsys):
+    argv = ["bench", "input", "--data", str(tiny_source), "--size", "32"]
+    assert main([*argv, "--batch-size", "8", "--batches", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "Resize(32)" in out and "stored images are 48x48 px" in out
+    last_json(out)
+
+
+def test_bench_train_times_both_loops(tiny_source, capsys):
+    argv = ["bench", "train", "--data", str(tiny_source), "--arch", "resnet18", "--size", "32"]
+    assert main([*argv, "--batch-size", "8", "--batches", "1"]) == 0
+    out = capsys.readouterr().out
+    last_json(out)
+    assert "lab-report loop" in out and "retino train step" in out
+
+
+def test_bad_input_is_one_line_error(tmp_path, tiny_source, capsys):
+    assert main(["bench", "input", "--data", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "nowhere" in err and "Traceback" not in err
+    argv = ["bench", "train", "--data", str(tiny_source), "--arch", "resnet7", "--size", "32"]
+    assert main(argv) == 2
+    assert "resnet7" in capsys.readouterr().err
+
+
+def test_missing_image_is_one_line_error(tiny_data, capsys):
+    first = (tiny_data / "train_img.csv").read_text().split()[0]
+    (tiny_data / "images" / f"{first}.jpeg").unlink()
+    assert main(["bench", "input", "--data", str(tiny_data), "--batches", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and f"{first}.jpeg" in err and len(err.splitlines()) == 1
+
+
+def test_runs_from_the_source_tree_without_mlflow_or_dvc(tiny_source):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = ["bench", "input", "--data", str(tiny_source), "--size", "32", "--batches", "1"]
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "retino", *argv],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    last_json(proc.stdout)
+    imported = [line for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    assert len(imported) > 100  # -X importtime did report
+    assert not [line for line in imported if "mlflow" in line or "dvc" in line]

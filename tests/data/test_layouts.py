@@ -1,0 +1,176 @@
+"""`retino validate`: every rule fed with a real bad file, each a one-line error and exit 2."""
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from retino.cli import main
+from retino.data.layouts import validate
+
+
+def run_validate(capsys, root: Path) -> tuple[int, list[str], str]:
+    code = main(["validate", str(root)])
+    out, err = capsys.readouterr()
+    return code, [line for line in err.splitlines() if line], out
+
+
+def rewrite(path: Path, rows: list[str]) -> None:
+    path.write_text("".join(f"{r}\n" for r in rows))
+
+
+def rows(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def test_valid_dataset_prints_summary(capsys, tiny_data):
+    code, err, out = run_validate(capsys, tiny_data)
+    assert code == 0, err
+    assert "train" in out and "test" in out
+    train_line = next(line for line in out.splitlines() if line.startswith("train"))
+    assert train_line.split()[1] == "48"
+    assert sum(int(c) for c in train_line.split()[2:]) == 48
+
+
+def expect_problem(capsys, root: Path, *fragments: str) -> str:
+    code, err, _ = run_validate(capsys, root)
+    assert code == 2
+    matching = [line for line in err if all(f in line for f in fragments)]
+    assert matching, f"no line with {fragments} in {err}"
+    assert "Traceback" not in "\n".join(err)
+    return matching[0]
+
+
+def test_missing_csv(capsys, tiny_data):
+    (tiny_data / "test_label.csv").unlink()
+    line = expect_problem(capsys, tiny_data, "test_label.csv", "missing")
+    assert line.startswith(f"error: {tiny_data / 'test_label.csv'}")
+
+
+def test_missing_images_folder(capsys, tiny_data, tmp_path):
+    (tiny_data / "images").rename(tmp_path / "elsewhere")
+    expect_problem(capsys, tiny_data, "images folder missing")
+
+
+def test_length_mismatch(capsys, tiny_data):
+    path = tiny_data / "train_label.csv"
+    rewrite(path, rows(path)[:-3])
+    expect_problem(capsys, tiny_data, "train_img.csv", "48 images", "45 labels")
+
+
+@pytest.mark.parametrize("bad", ["7", "-1", "two", "1.5"])
+def test_bad_label(capsys, tiny_data, bad):
+    path = tiny_data / "train_label.csv"
+    labels = rows(path)
+    labels[4] = bad
+    rewrite(path, labels)
+    expect_problem(capsys, tiny_data, f"{path}:5:", f"label '{bad}' is not an integer grade 0-4")
+
+
+def test_empty_split(capsys, tiny_data):
+    rewrite(tiny_data / "test_img.csv", [])
+    rewrite(tiny_data / "test_label.csv", [])
+    expect_problem(capsys, tiny_data, "test_img.csv", "split is empty")
+
+
+def test_duplicate_name_across_splits(capsys, tiny_data):
+    train_names = rows(tiny_data / "train_img.csv")
+    test_path = tiny_data / "test_img.csv"
+    names = rows(test_path)
+    names[2] = train_names[0]
+    rewrite(test_path, names)
+    line = expect_problem(capsys, tiny_data, f"{test_path}:3:", "duplicate image name")
+    assert "train_img.csv:1" in line
+
+
+@pytest.mark.parametrize("name", ["../secret", "/etc/passwd", "sub/dir/17_left"])
+def test_name_escaping_root(capsys, tiny_data, name):
+    path = tiny_data / "train_img.csv"
+    names = rows(path)
+    names[1] = name
+    rewrite(path, names)
+    expect_problem(capsys, tiny_data, f"{path}:2:", "escapes the images folder")
+
+
+def first_image(root: Path) -> Path:
+    return root / "images" / f"{rows(root / 'train_img.csv')[0]}.jpeg"
+
+
+def test_missing_image(capsys, tiny_data):
+    first_image(tiny_data).unlink()
+    expect_problem(capsys, tiny_data, "train_img.csv:1:", "not found")
+
+
+def test_zero_byte_image(capsys, tiny_data):
+    first_image(tiny_data).write_bytes(b"")
+    expect_problem(capsys, tiny_data, "train_img.csv:1:", "empty (0 bytes)")
+
+
+def test_truncated_image(capsys, tiny_data):
+    path = first_image(tiny_data)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    expect_problem(capsys, tiny_data, "train_img.csv:1:", "unreadable")
+
+
+def test_not_an_image(capsys, tiny_data):
+    first_image(tiny_data).write_text("name,grade\n17_left,3\n")
+    expect_problem(capsys, tiny_data, "train_img.csv:1:", "is not an image")
+
+
+def test_every_problem_reported_in_one_pass(capsys, tiny_data):
+    first_image(tiny_data).unlink()
+    path = tiny_data / "test_label.csv"
+    labels = rows(path)
+    labels[0] = "9"
+    rewrite(path, labels)
+    code, err, _ = run_validate(capsys, tiny_data)
+    assert code == 2 and len(err) == 2
+
+
+def test_header_rows_keep_every_sample(tiny_data):
+    for split in ("train", "test"):
+        img, label = tiny_data / f"{split}_img.csv", tiny_data / f"{split}_label.csv"
+        rewrite(img, ["image", *rows(img)])
+        rewrite(label, ["level", *rows(label)])
+    report = validate(tiny_data)
+    assert report.problems == []
+    # the lab report's pd.read_csv defaults lost one sample per split: none lost here
+    assert len(report.samples["train"]) == 48 and len(report.samples["test"]) == 16
+    assert report.samples["train"][0].name == rows(tiny_data / "train_img.csv")[1]
+
+
+def test_header_only_in_label_csv(tiny_data):
+    label = tiny_data / "train_label.csv"
+    rewrite(label, ["level", *rows(label)])
+    report = validate(tiny_data)
+    assert report.problems == [] and len(report.samples["train"]) == 48
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK", "RGBA"])
+def test_other_colour_modes_are_accepted(tiny_data, mode):
+    path = first_image(tiny_data)
+    image = Image.open(path).convert(mode)
+    image.save(path, format="PNG" if mode == "RGBA" else "JPEG")  # JPEG has no alpha
+    assert validate(tiny_data).problems == []
+
+
+def test_shared_patient_is_a_warning(capsys, tiny_data):
+    # move one eye of a train patient to test: the other eye stays in train
+    train_img, train_label = tiny_data / "train_img.csv", tiny_data / "train_label.csv"
+    names, labels = rows(train_img), rows(train_label)
+    moved_name, moved_label = names.pop(0), labels.pop(0)
+    rewrite(train_img, names)
+    rewrite(train_label, labels)
+    for path, value in ((tiny_data / "test_img.csv", moved_name),
+                        (tiny_data / "test_label.csv", moved_label)):  # fmt: skip
+        rewrite(path, [*rows(path), value])
+    code, err, _ = run_validate(capsys, tiny_data)
+    assert code == 0
+    patient = moved_name.rsplit("_", 1)[0]
+    assert any(line.startswith("warning:") and "both train and test" in line and patient in line
+               for line in err)  # fmt: skip
+
+
+def test_missing_root(capsys, tmp_path):
+    expect_problem(capsys, tmp_path / "nowhere", "dataset folder not found")

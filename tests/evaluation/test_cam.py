@@ -1,0 +1,143 @@
+"""Grad-CAM: the maths, where the map points, the overlays `retino predict --cam` and
+`retino explain` write."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from retino.cli import main as cli
+from retino.data.prepare import prepare
+from retino.evaluation.cam import GradCAM, overlay
+from retino.evaluation.predict import gallery_rows
+from retino.training.models import build_model
+from tests.conftest import tiny_config
+from tests.evaluation.test_predict import save_checkpoint
+
+
+def test_matches_grad_cam_computed_by_hand():
+    torch.manual_seed(0)
+    model = build_model("resnet18").eval()
+    x = torch.randn(3, 3, 64, 64)
+    target = torch.tensor([0, 3, 4])
+    with GradCAM(model, model.layer4) as cam:
+        maps = cam(x, target)
+
+    stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool,
+                         model.layer1, model.layer2, model.layer3, model.layer4)  # fmt: skip
+    a = stem(x)  # (3, 512, 2, 2)
+    logits = model.fc(a.mean((2, 3)))
+    (grads,) = torch.autograd.grad(logits[range(3), target].sum(), a)
+    expected = F.relu((grads.mean((2, 3), keepdim=True) * a).sum(1))
+    expected = expected / expected.amax((1, 2), keepdim=True)
+    assert maps.shape == (3, 2, 2)
+    torch.testing.assert_close(maps, expected.detach(), atol=1e-5, rtol=1e-4)
+    assert not model.layer4._forward_hooks  # hooks gone on exit
+    assert all(p.grad is None for p in model.parameters())  # no training state touched
+
+
+class Toy(nn.Module):
+    """layer4 = the 8x8-pooled image itself; grade g's score = mean of channel g."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer4 = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer4(F.avg_pool2d(x, 8)).mean((2, 3))
+
+
+def test_map_is_hot_where_the_evidence_for_the_grade_is():
+    x = torch.zeros(1, 3, 32, 32)
+    x[0, 0, :8, :8] = 1  # grade 0's evidence: top left
+    x[0, 1, 24:, 16:24] = 1  # grade 1's: bottom row, third column
+    toy = Toy()
+    with GradCAM(toy, toy.layer4) as cam:
+        maps = cam(torch.cat([x, x]), torch.tensor([0, 1]))
+    assert maps.shape == (2, 4, 4)
+    assert maps[0, 0, 0] == 1 and maps[0].sum() == 1
+    assert maps[1, 3, 2] == 1 and maps[1].sum() == 1
+
+
+def test_overlay_covers_the_centre_square_at_the_photos_size():
+    photo = Image.new("RGB", (300, 200), (90, 40, 20))
+    heat = torch.zeros(4, 4)
+    heat[2, 2] = 1
+    out = overlay(photo, heat, "2 Moderate  91%")
+    assert out.size == (300, 200)
+    pixels = np.asarray(out).astype(int)
+    # outside the 200 x 200 centre square the model saw, below the caption: the photograph
+    assert (pixels[60:, :50] == (90, 40, 20)).all() and (pixels[60:, 250:] == (90, 40, 20)).all()
+    # inside: painted where the heat is, untouched where it is 0
+    assert np.abs(pixels[125, 175] - (90, 40, 20)).sum() > 60
+    assert (pixels[190, 60] == (90, 40, 20)).all()
+    assert (pixels[:2, :2] == 0).all()  # the corner of the caption's black box
+
+    big = overlay(Image.new("RGB", (3000, 2000)), heat, "x")
+    assert big.size == (1024, 683)  # large photographs are shrunk for viewing
+
+
+def test_gallery_picks_the_most_confident_right_and_wrong_per_grade():
+    probs = np.array(
+        [[0.9, 0.1, 0, 0, 0], [0.6, 0.4, 0, 0, 0], [0.2, 0.8, 0, 0, 0], [0.3, 0.7, 0, 0, 0],
+         [0, 0.1, 0.9, 0, 0]]
+    )  # fmt: skip
+    table = pd.DataFrame(
+        {"image": list("abcde"), "label": [0, 0, 0, 0, 2], "predicted": probs.argmax(1)}
+    )
+    table[[f"p{g}" for g in range(5)]] = probs
+    rows = gallery_rows(table)
+    assert list(rows.image) == ["a", "c", "e"]
+    assert list(rows.correct) == [True, False, True]
+    assert list(gallery_rows(table, per_grade=2).image) == ["a", "b", "c", "d", "e"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tiny_source, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cam")
+    shutil.copytree(tiny_source, root / "data")
+    prepare(root / "data", root / "prepared", tiny_config())
+    save_checkpoint(root / "best.pt", root / "prepared")
+    return root
+
+
+def test_predict_writes_a_cam_per_image(workspace, tmp_path):
+    images = sorted((workspace / "data" / "images").iterdir())[:5]
+    twin = tmp_path / "other" / images[0].name  # same file name in another folder
+    twin.parent.mkdir()
+    shutil.copy(images[0], twin)
+    code = cli(["predict", *map(str, images), str(twin), "--model", str(workspace / "best.pt"),
+                "--cam", str(tmp_path / "cam"), "--out", str(tmp_path / "p.csv")])  # fmt: skip
+    assert code == 0
+    table = pd.read_csv(tmp_path / "p.csv")
+    assert len(set(table.cam)) == 6 and table.cam.iloc[-1].endswith(f"{images[0].stem}-2.png")
+    for source, cam in zip(table.path, table.cam, strict=True):
+        with Image.open(source) as photo, Image.open(cam) as painted:
+            assert painted.format == "PNG" and painted.size == photo.size == (48, 48)
+            plain = np.asarray(photo.convert("RGB")).astype(int)
+            drawn = np.asarray(painted.convert("RGB")).astype(int)
+        assert drawn.std() > 20  # not blank
+        assert np.abs(drawn - plain)[24:, :].mean() > 2  # heat painted below the caption
+
+
+def test_explain_writes_a_small_gallery(workspace, tmp_path, capsys):
+    out = tmp_path / "gallery"
+    code = cli(["explain", "--model", str(workspace / "best.pt"), "--data",
+                str(workspace / "data"), "--prepared", str(workspace / "prepared"),
+                "--out", str(out)])  # fmt: skip
+    assert code == 0
+    files = sorted(out.iterdir())
+    assert (
+        1 <= len(files) <= 10 and f"wrote {len(files)} Grad-CAM images" in capsys.readouterr().out
+    )
+    test_images = set(pd.read_csv(workspace / "prepared" / "test.csv").path)
+    for file in files:
+        grade, verdict, name = file.stem.split("_", 2)
+        assert grade in {f"grade{g}" for g in range(5)} and verdict in {"correct", "wrong"}
+        assert f"images/{name}.jpeg" in test_images
+        assert Image.open(file).size == (48, 48)

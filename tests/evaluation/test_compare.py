@@ -1,0 +1,88 @@
+"""`retino compare` over runs logged to a real MLflow store."""
+
+import json
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from retino.cli import main
+from retino.tracking.runs import open_run
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def log_run(root, arch, pretrained, acc, qwk, status_error=None, evaluated=True):
+    params = {"arch": arch, "pretrained": pretrained}
+    try:
+        with open_run(root, name=f"{arch}-{pretrained}") as run:
+            run.log_params(params)
+            for epoch in (1, 2, 3):
+                curves = {"train_acc": 0.6 + 0.1 * epoch, "test_acc": acc - 0.1 + 0.05 * epoch}
+                run.log_metrics(curves, step=epoch)
+            if evaluated:
+                run.log_metrics({"test_accuracy": acc, "test_qwk": qwk,
+                                 "test_majority_accuracy": 0.735})  # fmt: skip
+                cm = root / "confusion.json"
+                cm.write_text(json.dumps({"counts": [[5, 1, 0, 0, 0]] + [[0, 0, 2, 0, 0]] * 4}))
+                run.log_artifact(cm, "eval")
+            if status_error:
+                raise status_error
+    except RuntimeError:
+        pass
+
+
+def test_seed_table_and_figures(store, capsys):
+    log_run(store, "resnet18", True, 0.82, 0.61)
+    log_run(store, "resnet18", False, 0.74, 0.02)
+    log_run(store, "resnet50", True, 0.80, 0.58)
+    log_run(store, "resnet50", False, 0.73, 0.0)
+    log_run(store, "resnet50", False, 0.99, 0.99, status_error=RuntimeError("crash"))
+    log_run(store, "resnet18", True, 0.5, 0.5, evaluated=False)
+
+    assert main(["compare", "--out", str(store / "cmp")]) == 0
+    out = capsys.readouterr().out
+    assert "status FAILED" in out and "no test metrics" in out
+
+    table = pd.read_csv(store / "cmp" / "results.csv")
+    assert len(table) == 4
+    cell = table[(table.arch == "resnet50") & (table.weights == "scratch")].iloc[0]
+    assert cell.test_accuracy == 0.73  # the failed 0.99 run is not shown
+    assert cell.highest_epoch_test_acc == pytest.approx(0.78)
+    md = (store / "cmp" / "results.md").read_text()
+    assert "| | resnet18 | resnet50 |" in md
+    assert "| with pretrained | 82.00% / 0.610 | 80.00% / 0.580 |" in md
+    assert "| w/o pretrained | 74.00% / 0.020 | 73.00% / 0.000 |" in md
+    for name in ("accuracy_resnet18.png", "accuracy_resnet50.png", "confusion_grid.png"):
+        with Image.open(store / "cmp" / name) as img:
+            assert img.format == "PNG" and img.width > 400
+
+
+def test_selected_runs_only(store):
+    log_run(store, "resnet18", True, 0.82, 0.61)
+    log_run(store, "resnet18", False, 0.74, 0.02)
+    assert main(["compare", "--out", str(store / "cmp"), "--runs", "resnet18-False"]) == 0
+    assert len(pd.read_csv(store / "cmp" / "results.csv")) == 1
+
+
+def test_empty_store_is_a_clear_error(store, capsys):
+    assert main(["compare", "--out", str(store / "cmp")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no MLflow store at sqlite:") and err.count("\n") == 1
+    assert not (store / "mlflow.db").exists()
+    log_run(store, "resnet18", True, 0.5, 0.5, status_error=RuntimeError("crash"))
+    assert main(["compare", "--out", str(store / "cmp")]) == 2
+    assert "no complete runs" in capsys.readouterr().err
+    assert not (store / "cmp").exists()
+
+
+def test_unknown_run(store, capsys):
+    log_run(store, "resnet18", True, 0.82, 0.61)
+    assert main(["compare", "--out", str(store / "cmp"), "--runs", "nope"]) == 2
+    assert "run 'nope' not found" in capsys.readouterr().err

@@ -1,0 +1,225 @@
+"""`retino predict` and `register`: the evaluation path on new files, bad input, the registry."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from retino.cli import main as cli
+from retino.data.dataset import load_image, read_stats
+from retino.data.prepare import prepare
+from retino.evaluation.evaluate import evaluate_test
+from retino.evaluation.predict import PROBS, load_predictor
+from retino.training import checkpoint
+from retino.training.models import build_model
+from retino.training.train import train
+from tests.conftest import tiny_config
+
+
+def save_checkpoint(path: Path, prepared: Path, seed: int = 0) -> Path:
+    """A checkpoint shaped like train's best.pt: untrained weights (predictions need no skill),
+    the tiny config and the mean/std of `prepared`."""
+    torch.manual_seed(seed)
+    cfg = tiny_config()
+    stats = read_stats(prepared)
+    state = checkpoint.Checkpoint(
+        model=build_model(cfg.arch).state_dict(), config=cfg.to_dict(),
+        normalisation={"mean": stats["mean"], "std": stats["std"]},
+        epoch=1, best_epoch=1, history=[], tag="test",
+    )  # fmt: skip
+    checkpoint.save(state, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def workspace(tiny_source, tmp_path_factory) -> Path:
+    """data/, prepared/ and models/best.pt (untrained, with mean/std)."""
+    root = tmp_path_factory.mktemp("predict")
+    shutil.copytree(tiny_source, root / "data")
+    prepare(root / "data", root / "prepared", tiny_config())
+    (root / "models").mkdir()
+    save_checkpoint(root / "models" / "best.pt", root / "prepared")
+    return root
+
+
+def run_cli(args: list[str], capfd) -> tuple[int, str]:
+    """Exit status and all of stderr (captured at the file descriptor: MLflow's logging too)."""
+    code = cli([str(a) for a in args])
+    return code, capfd.readouterr().err
+
+
+def test_predictions_match_the_evaluate_stage(workspace, tmp_path, capfd):
+    ckpt = workspace / "models" / "best.pt"
+    evaluate_test(load_predictor(str(ckpt), "cpu"), workspace / "data", workspace / "prepared",
+                  tmp_path / "eval")  # fmt: skip
+    expected = pd.read_csv(tmp_path / "eval" / "predictions.csv")
+
+    code, err = run_cli(["predict", workspace / "data" / "images", "--model", ckpt,
+                         "--out", tmp_path / "p.csv", "--batch-size", 5], capfd)  # fmt: skip
+    assert code == 0, err
+    got = pd.read_csv(tmp_path / "p.csv")
+    assert len(got) == 64  # the folder holds train and test images: all of them, sorted
+    assert list(got.path) == sorted(got.path)
+    assert list(got.columns) == ["path", "grade", "grade_name", *PROBS, "referable"]
+    got["image"] = "images/" + got.path.map(lambda p: Path(p).name)
+    both = expected.merge(got, on="image", suffixes=("_eval", ""))
+    assert len(both) == len(expected) == 16
+    assert (both.predicted == both.grade).all()
+    for p in PROBS:
+        np.testing.assert_allclose(both[p], both[f"{p}_eval"], atol=1e-5)
+    assert set(got.referable) <= {"yes", "no"}
+    assert ((got.grade >= 2) == (got.referable == "yes")).all()
+    names = {0: "No DR", 1: "Mild", 2: "Moderate", 3: "Severe", 4: "Proliferative"}
+    assert (got.grade_name == got.grade.map(names)).all()
+
+
+def test_unreadable_files_are_listed_and_skipped(workspace, tmp_path, capfd):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = sorted((workspace / "data" / "images").iterdir())[:3]
+    for path in good:
+        shutil.copy(path, folder)
+    (folder / "broken.jpeg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (folder / "notes.txt").write_text("not an image, not even tried")
+    model = workspace / "models" / "best.pt"
+
+    code, err = run_cli(["predict", folder, tmp_path / "gone.png", "--model", model,
+                         "--out", tmp_path / "p.csv"], capfd)  # fmt: skip
+    assert code == 0, err
+    assert [Path(p).name for p in pd.read_csv(tmp_path / "p.csv").path] == [p.name for p in good]
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2
+    assert "broken.jpeg: unreadable, skipped" in warnings[0]
+    assert "gone.png: unreadable, skipped" in warnings[1]
+    assert "2 unreadable skipped" in err
+
+    code, err = run_cli(["predict", folder / "broken.jpeg", "--model", model], capfd)
+    assert code == 2
+    assert err.splitlines()[-1] == "error: none of the 1 images could be read"
+
+
+def test_predictions_to_stdout(workspace, capsys):
+    image = sorted((workspace / "data" / "images").iterdir())[0]
+    assert cli(["predict", str(image), "--model", str(workspace / "models" / "best.pt")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("path,grade,grade_name,p0") and out[1].startswith(str(image))
+
+
+def test_checkpoint_of_an_older_format_is_rejected(workspace, tmp_path, capfd):
+    # what retino wrote before the format had a version: weights and config, no normalisation
+    foreign = tmp_path / "foreign.pt"
+    state = checkpoint.load(workspace / "models" / "best.pt")
+    torch.save({"model": state.model, "epoch": 0, "config": state.config}, foreign)
+    image = sorted((workspace / "data" / "images").iterdir())[0]
+    code, err = run_cli(["predict", image, "--model", foreign], capfd)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: {foreign}: a checkpoint without a format version")
+
+
+def test_damaged_checkpoint_is_rejected(workspace, tmp_path, capfd):
+    state = torch.load(workspace / "models" / "best.pt", weights_only=True)
+    del state["normalisation"]
+    torch.save(state, tmp_path / "damaged.pt")
+    image = sorted((workspace / "data" / "images").iterdir())[0]
+    code, err = run_cli(["predict", image, "--model", tmp_path / "damaged.pt"], capfd)
+    assert code == 2 and err.count("\n") == 1 and "damaged checkpoint" in err
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_source, tmp_path_factory) -> Path:
+    """A project trained by the train step (1 epoch) as DVC experiment `tiny-exp`: an MLflow
+    store with one finished run, its logged model and checkpoints/best.pt."""
+    root = tmp_path_factory.mktemp("trained")
+    shutil.copytree(tiny_source, root / "data")
+    cfg = tiny_config(train__epochs=1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("DVC_ROOT", str(root))
+        mp.setenv("DVC_EXP_NAME", "tiny-exp")
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        prepare(root / "data", root / "prepared", cfg)
+        train(
+            cfg, root / "data", root / "prepared", root / "models", root / "reports", root / "ckpt"
+        )
+    return root
+
+
+@pytest.fixture
+def in_trained(trained, monkeypatch) -> Path:
+    monkeypatch.chdir(trained)
+    monkeypatch.setenv("DVC_ROOT", str(trained))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return trained
+
+
+def test_registry_round_trip(in_trained, tmp_path, capfd):
+    import mlflow.pyfunc
+
+    run_id = json.loads((in_trained / "models" / "run.json").read_text())["run_id"]
+    best = checkpoint.load(in_trained / "models" / "best.pt")  # train stores the normalisation
+    stats = read_stats(in_trained / "prepared")
+    assert best.normalisation == {"mean": stats["mean"], "std": stats["std"]}
+    code, err = run_cli(["register", "--run", run_id, "--name", "retino-dr",
+                         "--alias", "champion"], capfd)  # fmt: skip
+    assert code == 0, err
+
+    images = sorted((in_trained / "data" / "images").iterdir())[:6]
+    tables = {}
+    sources = ["models/best.pt", "models:/retino-dr@champion", "models:/retino-dr/1",
+               f"runs:/{run_id}/model", "tiny-exp"]  # fmt: skip
+    for i, source in enumerate(sources):
+        code, err = run_cli(["predict", *images, "--model", source,
+                             "--out", tmp_path / f"{i}.csv"], capfd)  # fmt: skip
+        assert code == 0, (source, err)
+        tables[source] = pd.read_csv(tmp_path / f"{i}.csv")
+    for source in sources[1:]:
+        pd.testing.assert_frame_equal(tables[source], tables["models/best.pt"])
+
+    # the registered MLflow model: same normalised input -> logits whose softmax is predict's
+    pred = load_predictor("models:/retino-dr@champion", "cpu")
+    batch = torch.stack([load_image(str(p), pred.image_size) for p in images])
+    x = pred.transform(batch).numpy()
+    logits = np.asarray(mlflow.pyfunc.load_model("models:/retino-dr@champion").predict(x))
+    probs = torch.softmax(torch.as_tensor(logits), 1).numpy()
+    np.testing.assert_allclose(probs, tables["models/best.pt"][PROBS].to_numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("missing/best.pt", "checkpoint file not found"),
+        ("runs:/0123456789abcdef0123456789abcdef/model", "no run '0123456789abcdef"),
+        ("no-such-experiment", "no checkpoint file, MLflow URI or finished run"),
+        ("%%'garbage' !!", "no checkpoint file, MLflow URI or finished run"),
+        ("models:/retino-dr@no-such-alias", "models:/retino-dr@no-such-alias: "),
+        ("models:/retino-dr", "expected models:/<name>/<version> or models:/<name>@<alias>"),
+        ("not-a-checkpoint.pt", "not-a-checkpoint.pt: not a readable checkpoint"),
+    ],
+)
+def test_bad_model_is_a_one_line_error(in_trained, model, message, capfd):
+    (in_trained / "not-a-checkpoint.pt").write_text("hello")
+    image = sorted((in_trained / "data" / "images").iterdir())[0]
+    code, err = run_cli(["predict", image, "--model", model], capfd)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+
+
+def test_register_errors(in_trained, capfd):
+    code, err = run_cli(["register", "--run", "feedbeef", "--name", "retino-dr"], capfd)
+    assert (
+        code == 2
+        and err == f"error: MLflow run 'feedbeef' not found in sqlite:///{in_trained}/mlflow.db\n"
+    )
+
+
+def test_no_store_is_a_one_line_error(workspace, tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    image = sorted((workspace / "data" / "images").iterdir())[0]
+    code, err = run_cli(["predict", image, "--model", "some-experiment"], capfd)
+    assert code == 2 and err.startswith("error: no MLflow store at") and err.count("\n") == 1
+    assert not (tmp_path / "mlflow.db").exists()  # a typo never creates an empty store

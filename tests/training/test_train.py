@@ -1,0 +1,147 @@
+"""The train step: learning, MLflow logging, determinism, resume after kill -9, SIGTERM."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import torch
+import yaml
+
+from retino.training import checkpoint
+from retino.training.train import train
+from tests.conftest import ROOT, tiny_config
+
+
+def run_train(root: Path, cfg, name: str = "") -> dict:
+    out = root / name if name else root
+    train(cfg, root / "data", root / "prepared", out / "models", out / "reports", out / "ckpt")
+    return json.loads((out / "reports" / "metrics.json").read_text())
+
+
+def runs(root: Path) -> pd.DataFrame:
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    return mlflow.search_runs(experiment_names=["retino"])
+
+
+def test_learns_and_logs_everything_to_mlflow(project):
+    cfg = tiny_config(train__epochs=3)
+    metrics = run_train(project, cfg)
+    history = pd.read_csv(project / "reports" / "history.csv")
+    assert list(history.epoch) == [1, 2, 3]
+    assert history.train_loss.iloc[-1] < history.train_loss.iloc[0]
+    assert {"val_qwk", "val_acc", "val_loss", "test_acc", "lr", "images_per_s"} <= set(history)
+    assert "images_per_s" not in metrics and "test_acc" not in metrics  # reproducible, no test
+    assert metrics["val_qwk"] == history.val_qwk.max()  # best.pt = best val QWK
+    assert (project / "models" / "best.pt").is_file() and (project / "models" / "last.pt").is_file()
+    assert list((project / "ckpt").iterdir()) == []  # finished: nothing to resume
+
+    table = runs(project)
+    assert len(table) == 1
+    run = table.iloc[0]
+    assert run.status == "FINISHED"
+    run_id = json.loads((project / "models" / "run.json").read_text())["run_id"]
+    assert run.run_id == run_id
+    assert run["params.arch"] == "resnet18" and run["params.train.epochs"] == "3"
+    assert run["tags.arch"] == "resnet18" and run["tags.pretrained"] == "False"
+    assert run["tags.mlflow.runName"].startswith("resnet18-scratch-")
+    client = mlflow.MlflowClient()
+    steps = [m.step for m in client.get_metric_history(run_id, "val_qwk")]
+    assert steps == [1, 2, 3]
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"checkpoints", "history.csv"} <= artifacts
+    assert {a.path for a in client.list_artifacts(run_id, "checkpoints")} == {"checkpoints/best.pt"}
+    model = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+    assert model(torch.zeros(3, 3, 32, 32)).shape == (3, 5)  # any batch size, five grades
+    assert str(project / "mlruns") in run.artifact_uri
+
+
+def test_same_seed_same_metrics(project):
+    cfg = tiny_config()
+    assert run_train(project, cfg, "a") == run_train(project, cfg, "b")
+    a = checkpoint.load(project / "a" / "models" / "best.pt").model
+    b = checkpoint.load(project / "b" / "models" / "best.pt").model
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_config_change_discards_stale_checkpoints(project, capsys):
+    ckpt = project / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "run.json").write_text(json.dumps({"run_id": "gone", "tag": "other"}))
+    (ckpt / "resume.pt").write_bytes(b"stale")
+    run_train(project, tiny_config(train__epochs=1))
+    assert "starting fresh" in capsys.readouterr().out
+    assert len(runs(project)) == 1
+
+
+def write_params(path: Path, cfg) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+
+
+def start_stage(project: Path, out: str, extra_path: str = "") -> subprocess.Popen:
+    cmd = [sys.executable, str(ROOT / "stages" / "train.py"), "--params", "params.yaml",
+           "--models", f"{out}/models", "--reports", f"{out}/reports",
+           "--checkpoints", f"{out}/ckpt"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [extra_path, str(ROOT)]))}
+    pipe = subprocess.PIPE
+    return subprocess.Popen(cmd, cwd=project, env=env, stdout=pipe, stderr=pipe, text=True)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def test_kill_9_then_resume_matches_uninterrupted_run(project):
+    # as the demo: persistent loader workers, every augmentation, warm-up
+    demo_like = tiny_config(
+        train__epochs=3, data__num_workers=2, train__warmup_epochs=1,
+        train__augment__rotation=15.0, train__augment__scale_min=0.85,
+        train__augment__color_jitter=0.1,
+    )  # fmt: skip
+    write_params(project / "params.yaml", demo_like)
+    full = start_stage(project, "full")
+    out, err = full.communicate(timeout=600)
+    assert full.returncode == 0, err
+
+    killed = start_stage(project, "crash")
+    wait_for(project / "crash" / "ckpt" / "resume.pt", killed)  # epoch 1 is safe on disk
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate()
+    assert checkpoint.load(project / "crash" / "ckpt" / "resume.pt").epoch in (1, 2)
+
+    resumed = start_stage(project, "crash")
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert "resuming after epoch" in out
+    full_metrics = (project / "full" / "reports" / "metrics.json").read_bytes()
+    assert (project / "crash" / "reports" / "metrics.json").read_bytes() == full_metrics
+
+    table = runs(project)
+    assert len(table) == 2  # the resumed training continued its own run
+    assert set(table.status) == {"FINISHED"}
+    run_id = json.loads((project / "crash" / "models" / "run.json").read_text())["run_id"]
+    history = mlflow.MlflowClient().get_metric_history(run_id, "val_qwk")
+    assert sorted(m.step for m in history) == [1, 2, 3]  # each epoch logged once
+
+
+def test_sigterm_marks_run_killed_and_keeps_checkpoint(project):
+    write_params(project / "params.yaml", tiny_config(train__epochs=50))
+    proc = start_stage(project, "term")
+    wait_for(project / "term" / "ckpt" / "resume.pt", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "Traceback" not in err and "resume" in err
+    state = checkpoint.load(project / "term" / "ckpt" / "resume.pt")
+    assert 1 <= state.epoch < 50 and len(state.history) == state.epoch
+    assert state.optimizer["state"] and state.rng is not None  # enough to resume
+    assert list(runs(project).status) == ["KILLED"]
