@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from retino import synth
-from retino.synth import GRADE_NAMES, GRADE_PRIORS, render_fundus, synthesize, write_preview
+from retino.grades import GRADE_NAMES
+from retino.synth import GRADE_PRIORS, dataset, render_fundus, synthesize, write_preview
 
 NAME_RE = re.compile(r"^\d+_(left|right)$")
 
@@ -100,8 +100,8 @@ def test_deterministic_and_seed_dependent(tmp_path):
 def test_parallel_path_matches_serial(tmp_path, monkeypatch):
     kw = {"n_train": 20, "n_test": 14, "size": 32, "seed": 5}
     synthesize(tmp_path / "serial", **kw)
-    monkeypatch.setattr(synth, "_PARALLEL_MIN_IMAGES", 1)
-    monkeypatch.setattr(synth, "_available_cpus", lambda: 2)
+    monkeypatch.setattr(dataset, "_PARALLEL_MIN_IMAGES", 1)
+    monkeypatch.setattr(dataset, "_available_cpus", lambda: 2)
     synthesize(tmp_path / "pool", **kw)
     assert all_files(tmp_path / "serial") == all_files(tmp_path / "pool")
 

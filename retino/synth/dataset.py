@@ -1,0 +1,180 @@
+"""Data sets of synthetic photographs: how many images of each grade, which patient and eye
+each is, and the rendering of them all (in a process pool when there are many)."""
+
+import operator
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from retino.grades import NUM_CLASSES
+from retino.synth.preview import write_preview
+from retino.synth.render import MIN_SIZE, paint
+
+GRADE_PRIORS = (0.735, 0.07, 0.15, 0.025, 0.02)  # EyePACS-like priors for grades 0..4
+
+_SPLITS = ("train", "test")
+_PARALLEL_MIN_IMAGES = 64  # below this, a process pool costs more than it saves
+
+Plan = dict[str, list[tuple[str, int]]]  # split -> [(image name, grade), ...]
+
+
+def _quota(n: int) -> list[int]:
+    """Image counts per grade: largest-remainder rounding of the priors, >= 1 each if n >= 5."""
+    raw = [p * n for p in GRADE_PRIORS]
+    counts = [int(x) for x in raw]
+    order = sorted(range(NUM_CLASSES), key=lambda g: (raw[g] - counts[g], -g), reverse=True)
+    for g in order[: n - sum(counts)]:
+        counts[g] += 1
+    if n >= NUM_CLASSES:
+        for g in range(NUM_CLASSES):
+            while counts[g] == 0:
+                counts[int(np.argmax(counts))] -= 1
+                counts[g] += 1
+    return counts
+
+
+def _plan(n_train: int, n_test: int, seed: int) -> Plan:
+    """Image names and grades per split (sorted by patient id, left eye before right)."""
+    rng = np.random.default_rng([seed, 7919])
+    sizes = {"train": n_train, "test": n_test}
+    n_patients = {s: (k + 1) // 2 for s, k in sizes.items()}
+    total = sum(n_patients.values())
+    ids = rng.choice(np.arange(10, 10 + 3 * total + 20), size=total, replace=False)
+    split_ids = {"train": ids[: n_patients["train"]], "test": ids[n_patients["train"] :]}
+    plan: Plan = {}
+    for split, k in sizes.items():
+        groups = _pair_eyes(rng, k)
+        order = rng.permutation(len(groups))
+        rows: list[tuple[str, int]] = []
+        for pid, gi in zip(np.sort(split_ids[split]), order, strict=True):
+            left, right = groups[gi]
+            if left is not None:
+                rows.append((f"{pid}_left", left))
+            if right is not None:
+                rows.append((f"{pid}_right", right))
+        plan[split] = rows
+    return plan
+
+
+def _pair_eyes(rng: np.random.Generator, k: int) -> list[tuple[int | None, int | None]]:
+    """The quota's `k` grades as (left, right) eye pairs of similar severity, as in real
+    patients; with `k` odd, one patient has a single eye (the other is None)."""
+    grades = np.repeat(np.arange(NUM_CLASSES), _quota(k))
+    rng.shuffle(grades)
+    single = None
+    if k % 2:
+        j = int(rng.integers(k))
+        single = int(grades[j])
+        grades = np.delete(grades, j)
+    keys = grades + rng.normal(0.0, 0.9, grades.size)  # pair images by noisy severity
+    paired = grades[np.argsort(keys, kind="stable")].reshape(-1, 2)
+    groups: list[tuple[int | None, int | None]] = []
+    for a, b in paired:
+        groups.append((int(a), int(b)) if rng.random() < 0.5 else (int(b), int(a)))
+    if single is not None:
+        groups.append((single, None) if rng.random() < 0.5 else (None, single))
+    return groups
+
+
+class _Job(NamedTuple):
+    seed: int
+    split_idx: int
+    index: int
+    name: str
+    grade: int
+    size: int
+    path: str
+
+
+def _render_job(job: _Job) -> None:
+    rng = np.random.default_rng([job.seed, job.split_idx, job.index])
+    eye = "left" if job.name.endswith("_left") else "right"
+    img, _ = paint(job.grade, job.size, rng, eye)
+    quality = int(rng.integers(75, 96))
+    img.save(job.path, format="JPEG", quality=quality, optimize=False, progressive=False)
+
+
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _run(jobs: list[_Job]) -> None:
+    workers = min(_available_cpus(), 8, len(jobs) // 16 + 1)
+    if workers > 1 and len(jobs) >= _PARALLEL_MIN_IMAGES:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for _ in pool.map(_render_job, jobs, chunksize=16):
+                pass
+    else:
+        for job in jobs:
+            _render_job(job)
+
+
+def _check_size(size: int) -> int:
+    size = _int_arg("size", size)
+    if size < MIN_SIZE:
+        raise ValueError(f"size must be at least {MIN_SIZE} pixels, got {size}")
+    return size
+
+
+def _int_arg(name: str, value) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+
+
+def synthesize(
+    out: Path,
+    n_train: int,
+    n_test: int,
+    size: int,
+    seed: int,
+    preview: Path | None = None,
+) -> dict[str, list[int]]:
+    """Write a dataset in the lab layout under `out`; return grade counts per split.
+
+    Layout: ``train_img.csv``/``test_img.csv`` (headerless, one image name per row, e.g.
+    ``17_left``), ``train_label.csv``/``test_label.csv`` (headerless, grade 0-4, same order) and
+    ``images/<patient>_<left|right>.jpeg``.  Both eyes of a patient are in the same split; with
+    an odd count one patient has a single eye.  Grades follow `GRADE_PRIORS` by quota (every
+    grade at least once when a split has >= 5 images).  Identical arguments give byte-identical
+    files.  Returns ``{"train": [c0, .., c4], "test": [c0, .., c4]}``.
+    """
+    n_train = _int_arg("n_train", n_train)
+    n_test = _int_arg("n_test", n_test)
+    for name, k in (("n_train", n_train), ("n_test", n_test)):
+        if k < 1:
+            raise ValueError(f"{name} must be >= 1, got {k}")
+    size = _check_size(size)
+    seed = _int_arg("seed", seed)
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+
+    out = Path(out)
+    img_dir = out / "images"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    plan = _plan(n_train, n_test, seed)
+    jobs = [
+        _Job(seed, si, i, name, grade, size, str(img_dir / f"{name}.jpeg"))
+        for si, split in enumerate(_SPLITS)
+        for i, (name, grade) in enumerate(plan[split])
+    ]
+    _run(jobs)
+
+    counts: dict[str, list[int]] = {}
+    for split in _SPLITS:
+        rows = plan[split]
+        (out / f"{split}_img.csv").write_text("".join(f"{nm}\n" for nm, _ in rows))
+        (out / f"{split}_label.csv").write_text("".join(f"{g}\n" for _, g in rows))
+        counts[split] = [sum(1 for _, g in rows if g == k) for k in range(NUM_CLASSES)]
+    if preview is not None:
+        write_preview(Path(preview), size, seed)
+    return counts
