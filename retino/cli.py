@@ -14,10 +14,7 @@ from retino.errors import RetinoError, exit_on_error
 def _synth(args: argparse.Namespace) -> int:
     from retino.synth import synthesize
 
-    try:
-        counts = synthesize(args.out, args.train, args.test, args.size, args.seed, args.preview)
-    except ValueError as err:
-        raise RetinoError(str(err)) from None
+    counts = synthesize(args.out, args.train, args.test, args.size, args.seed, args.preview)
     for split, grades in counts.items():
         print(f"{split}: {sum(grades)} images, grades 0-4: {grades}")
     print(f"wrote {args.out}" + (f" and {args.preview}" if args.preview else ""))
@@ -115,10 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("synth", help="write a synthetic fundus dataset in the lab layout")
-    p.add_argument("out", type=Path, help="output folder")
+    p.add_argument("out", type=Path, help="output folder, new or empty")
     p.add_argument("--train", type=int, default=200, help="train images (default 200)")
     p.add_argument("--test", type=int, default=50, help="test images (default 50)")
-    p.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    p.add_argument("--size", type=int, default=256, help="image side, 32-4096 (default 256)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preview", type=Path, help="also write a PNG contact sheet, a row per grade")
     p.set_defaults(handler=_synth)

@@ -1,6 +1,4 @@
-"""Tests for the synthetic fundus generator (`retino.synth`)."""
-
-from __future__ import annotations
+"""Tests for the synthetic fundus generator (`retino.synth`) and `retino synth`."""
 
 import math
 import re
@@ -11,6 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from retino.cli import main
+from retino.errors import RetinoError
 from retino.grades import NUM_CLASSES
 from retino.synth import GRADE_PRIORS, dataset, render_fundus, synthesize, write_preview
 
@@ -196,13 +196,14 @@ def test_synthesize_writes_preview(tmp_path):
         {"n_test": -1},
         {"size": 31},
         {"size": 0},
+        {"size": 4097},
         {"seed": -1},
         {"n_train": 2.5},
     ],
 )
 def test_synthesize_rejects_bad_arguments(tmp_path, kwargs):
     args = {"n_train": 4, "n_test": 2, "size": 32, "seed": 0} | kwargs
-    with pytest.raises(ValueError):
+    with pytest.raises(RetinoError):
         synthesize(tmp_path / "d", **args)
     assert not (tmp_path / "d").exists()
 
@@ -216,7 +217,45 @@ def test_render_rejects_bad_arguments(grade, size, eye):
 
 
 def test_preview_rejects_bad_arguments(tmp_path):
-    with pytest.raises(ValueError):
+    with pytest.raises(RetinoError):
         write_preview(tmp_path / "p.png", size=64, seed=0, per_grade=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(RetinoError):
         write_preview(tmp_path / "p.png", size=8, seed=0)
+
+
+# --------------------------------------------------------------------------------------------
+# the command line
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("args", "option", "hint"),
+    [
+        (["--size", "100000"], "--size", "32 to 4096"),
+        (["--size", "5"], "--size", "32 to 4096"),
+        (["--train", "-3"], "--train", "1 or more"),
+    ],
+)
+def test_cli_rejects_bad_options(tmp_path, capsys, args, option, hint):
+    out = tmp_path / "d"
+    assert main(["synth", str(out), "--train", "2", "--test", "1", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {option}") and hint in err, err
+    assert not out.exists()
+
+
+def test_cli_refuses_a_file_or_a_non_empty_folder(tmp_path, capsys):
+    small = ["--train", "2", "--test", "1", "--size", "32"]
+    file = tmp_path / "file"
+    file.write_text("x")
+    assert main(["synth", str(file), *small]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert file.read_text() == "x"
+
+    data = tmp_path / "data"
+    data.mkdir()  # an empty folder is fine ...
+    assert main(["synth", str(data), *small]) == 0
+    before = all_files(data)
+    capsys.readouterr()
+    assert main(["synth", str(data), *small, "--seed", "1"]) == 2  # ... a data set is not
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not empty" in err
+    assert all_files(data) == before

@@ -1,7 +1,6 @@
 """Data sets of synthetic photographs: how many images of each grade, which patient and eye
 each is, and the rendering of them all (in a process pool when there are many)."""
 
-import operator
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -9,9 +8,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from retino.errors import RetinoError
 from retino.grades import NUM_CLASSES
+from retino.synth import checks
 from retino.synth.preview import write_preview
-from retino.synth.render import MIN_SIZE, paint
+from retino.synth.render import MAX_SIZE, MIN_SIZE, paint
 
 GRADE_PRIORS = (0.735, 0.07, 0.15, 0.025, 0.02)  # EyePACS-like priors for grades 0..4
 
@@ -115,22 +116,6 @@ def _run(jobs: list[_Job]) -> None:
             _render_job(job)
 
 
-def _check_size(size: int) -> int:
-    size = _int_arg("size", size)
-    if size < MIN_SIZE:
-        raise ValueError(f"size must be at least {MIN_SIZE} pixels, got {size}")
-    return size
-
-
-def _int_arg(name: str, value) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be an integer, got {value!r}") from None
-
-
 def synthesize(
     out: Path,
     n_train: int,
@@ -139,34 +124,35 @@ def synthesize(
     seed: int,
     preview: Path | None = None,
 ) -> dict[str, list[int]]:
-    """Write a dataset in the lab layout under `out`; return grade counts per split.
+    """Write a dataset in the lab layout into the new or empty folder `out`; return grade
+    counts per split.
 
     Layout: ``train_img.csv``/``test_img.csv`` (headerless, one image name per row, e.g.
     ``17_left``), ``train_label.csv``/``test_label.csv`` (headerless, grade 0-4, same order) and
     ``images/<patient>_<left|right>.jpeg``.  Both eyes of a patient are in the same split; with
     an odd count one patient has a single eye.  Grades follow `GRADE_PRIORS` by quota (every
     grade at least once when a split has >= 5 images).  Identical arguments give byte-identical
-    files.  Returns ``{"train": [c0, .., c4], "test": [c0, .., c4]}``.
+    files.  Returns ``{"train": [c0, .., c4], "test": [c0, .., c4]}``.  Raises `RetinoError`,
+    naming the command-line option, for bad arguments.
     """
-    n_train = _int_arg("n_train", n_train)
-    n_test = _int_arg("n_test", n_test)
-    for name, k in (("n_train", n_train), ("n_test", n_test)):
-        if k < 1:
-            raise ValueError(f"{name} must be >= 1, got {k}")
-    size = _check_size(size)
-    seed = _int_arg("seed", seed)
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-
+    n_train = checks.whole_number("--train", n_train, 1)
+    n_test = checks.whole_number("--test", n_test, 1)
+    seed = checks.whole_number("--seed", seed, 0)
+    size = checks.whole_number("--size", size, MIN_SIZE, MAX_SIZE, " pixels")
     out = Path(out)
+    preview = Path(preview) if preview is not None else None
+    checks.check_output(out, preview)
+
     img_dir = out / "images"
-    img_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        img_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RetinoError(f"cannot create {err.filename}: {err.strerror}") from None
     plan = _plan(n_train, n_test, seed)
-    jobs = [
-        _Job(seed, si, i, name, grade, size, str(img_dir / f"{name}.jpeg"))
-        for si, split in enumerate(_SPLITS)
-        for i, (name, grade) in enumerate(plan[split])
-    ]
+    jobs = []
+    for si, split in enumerate(_SPLITS):
+        for i, (name, grade) in enumerate(plan[split]):
+            jobs.append(_Job(seed, si, i, name, grade, size, str(img_dir / f"{name}.jpeg")))
     _run(jobs)
 
     counts: dict[str, list[int]] = {}
@@ -176,5 +162,8 @@ def synthesize(
         (out / f"{split}_label.csv").write_text("".join(f"{g}\n" for _, g in rows))
         counts[split] = [sum(1 for _, g in rows if g == k) for k in range(NUM_CLASSES)]
     if preview is not None:
-        write_preview(Path(preview), size, seed)
+        try:
+            write_preview(preview, size, seed)
+        except OSError as err:
+            raise RetinoError(f"cannot write --preview {preview}: {err.strerror}") from None
     return counts

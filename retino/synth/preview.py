@@ -6,7 +6,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from retino.grades import GRADE_NAMES
-from retino.synth.render import MIN_SIZE, render_fundus
+from retino.synth import checks
+from retino.synth.render import MAX_SIZE, MIN_SIZE, render_fundus
 
 
 def _font(px: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -23,12 +24,9 @@ def write_preview(path: Path, size: int, seed: int, per_grade: int = 6) -> None:
     high (``gap = max(2, size // 32)``); images are seeded from (seed, grade, column) and
     alternate left/right eyes.
     """
-    if size < MIN_SIZE:
-        raise ValueError(f"size must be at least {MIN_SIZE} pixels, got {size}")
-    if per_grade < 1:
-        raise ValueError(f"per_grade must be >= 1, got {per_grade}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
+    size = checks.whole_number("--size", size, MIN_SIZE, MAX_SIZE, " pixels")
+    seed = checks.whole_number("--seed", seed, 0)
+    per_grade = checks.whole_number("per_grade", per_grade, 1)
     gap = max(2, size // 32)
     label_w = max(120, size)
     font_px = max(12, min(28, size // 8))
