@@ -13,6 +13,8 @@ from retino.cli import main
 from retino.errors import RetinoError
 from retino.grades import NUM_CLASSES
 from retino.synth import GRADE_PRIORS, dataset, render_fundus, synthesize, write_preview
+from retino.synth.render import paint
+from retino.synth.sensor import expose
 
 NAME_RE = re.compile(r"^\d+_(left|right)$")
 
@@ -199,6 +201,8 @@ def test_synthesize_writes_preview(tmp_path):
         {"size": 4097},
         {"seed": -1},
         {"n_train": 2.5},
+        {"frame": (100, 100)},
+        {"frame": (200, 320)},
     ],
 )
 def test_synthesize_rejects_bad_arguments(tmp_path, kwargs):
@@ -224,6 +228,47 @@ def test_preview_rejects_bad_arguments(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
+# camera-sized frames
+# --------------------------------------------------------------------------------------------
+def test_frames(tmp_path):
+    kw = {"n_train": 3, "n_test": 2, "size": None, "seed": 4, "frame": (320, 200)}
+    synthesize(tmp_path / "a", **kw)
+    synthesize(tmp_path / "b", **kw)
+    assert all_files(tmp_path / "a") == all_files(tmp_path / "b")
+    paths = sorted((tmp_path / "a" / "images").glob("*.jpeg"))
+    assert len(paths) == 5
+    for path in paths:
+        with Image.open(path) as im:
+            assert im.format == "JPEG" and im.size == (320, 200)
+            lum = np.asarray(im, dtype=np.float64).mean(axis=2)
+        bright = lum > 20  # the black frame stays below 12
+        cols = np.nonzero(bright.sum(axis=0) >= 3)[0]
+        rows = np.nonzero(bright.sum(axis=1) >= 3)[0]
+        left, right = cols.min(), cols.max()
+        assert 0.85 * 200 <= right - left <= 1.15 * 200  # the disc about as wide as the frame tall
+        assert rows.max() - rows.min() >= 0.75 * 200  # (some field stops cut it flat)
+        assert abs((left + right) / 2 - 160) > 5  # off-centre
+        # the wider margin is the black frame: dark, but sensor noise rather than zeros
+        border = lum[:, : left - 12] if left > 320 - right else lum[:, right + 12 :]
+        assert border.shape[1] >= 40
+        assert border.max() <= 20 and 1 <= border.mean() <= 12
+        assert (border > 0).mean() > 0.9 and np.unique(border).size >= 5
+
+
+def test_frame_geometry_varies():
+    """Over many photographs the disc sits left and right of the middle, and some are cut."""
+    render, view = paint(0, 64, np.random.default_rng(0), "left")
+    sides, cut = set(), []
+    for seed in range(40):
+        lum = np.asarray(expose(render, view, (320, 200), np.random.default_rng(seed))).mean(axis=2)
+        cols = np.nonzero((lum > 40).any(axis=0))[0]
+        sides.add((cols.min() + cols.max()) / 2 > 160)
+        cut.append(bool((lum[0] > 40).any() and (lum[-1] > 40).any()))
+    assert sides == {False, True}
+    assert 0 < sum(cut) < 40
+
+
+# --------------------------------------------------------------------------------------------
 # the command line
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
@@ -231,6 +276,8 @@ def test_preview_rejects_bad_arguments(tmp_path):
     [
         (["--size", "100000"], "--size", "32 to 4096"),
         (["--size", "5"], "--size", "32 to 4096"),
+        (["--frame", "10x10"], "--frame", "128 to 8192"),
+        (["--frame", "abc"], "--frame", "WIDTHxHEIGHT"),
         (["--train", "-3"], "--train", "1 or more"),
     ],
 )

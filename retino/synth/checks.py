@@ -2,9 +2,12 @@
 line that names the option and says what to give instead."""
 
 import operator
+import re
 from pathlib import Path
 
 from retino.errors import RetinoError
+
+FRAME_MIN, FRAME_MAX = 128, 8192  # frame side in pixels
 
 
 def whole_number(option: str, value: object, lo: int, hi: int | None = None, unit: str = "") -> int:
@@ -20,6 +23,30 @@ def whole_number(option: str, value: object, lo: int, hi: int | None = None, uni
     if number < lo or (hi is not None and number > hi):
         raise problem
     return number
+
+
+def parse_frame(text: str) -> tuple[int, int]:
+    """Parse WIDTHxHEIGHT, e.g. "3888x2592" -> (3888, 2592), and `check_frame` it."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if match is None:
+        raise RetinoError(f"--frame must be WIDTHxHEIGHT in pixels, e.g. 3888x2592; got {text!r}")
+    return check_frame((int(match[1]), int(match[2])))
+
+
+def check_frame(frame: tuple[int, int]) -> tuple[int, int]:
+    """(width, height): each side FRAME_MIN..FRAME_MAX, landscape as fundus cameras write."""
+    width, height = frame
+    if not all(FRAME_MIN <= side <= FRAME_MAX for side in frame):
+        raise RetinoError(
+            f"--frame {width}x{height}: each side must be {FRAME_MIN} to {FRAME_MAX} pixels, "
+            "e.g. 3888x2592"
+        )
+    if width < height:
+        raise RetinoError(
+            f"--frame {width}x{height} is taller than wide: give WIDTHxHEIGHT of a landscape "
+            "frame, as fundus cameras write, e.g. 3888x2592"
+        )
+    return width, height
 
 
 def check_output(out: Path, preview: Path | None) -> None:

@@ -13,10 +13,14 @@ from retino.grades import NUM_CLASSES
 from retino.synth import checks
 from retino.synth.preview import write_preview
 from retino.synth.render import MAX_SIZE, MIN_SIZE, paint
+from retino.synth.sensor import expose
 
 GRADE_PRIORS = (0.735, 0.07, 0.15, 0.025, 0.02)  # EyePACS-like priors for grades 0..4
 
+_DEFAULT_SIZE = 256
 _SPLITS = ("train", "test")
+_FRAME_RENDER_MAX = 1024  # frames upscale a render of at most this side: decode cost, not detail
+_PREVIEW_MAX = 256  # contact-sheet tiles with --frame
 _PARALLEL_MIN_IMAGES = 64  # below this, a process pool costs more than it saves
 
 Plan = dict[str, list[tuple[str, int]]]  # split -> [(image name, grade), ...]
@@ -87,14 +91,18 @@ class _Job(NamedTuple):
     name: str
     grade: int
     size: int
+    frame: tuple[int, int] | None
     path: str
 
 
 def _render_job(job: _Job) -> None:
     rng = np.random.default_rng([job.seed, job.split_idx, job.index])
     eye = "left" if job.name.endswith("_left") else "right"
-    img, _ = paint(job.grade, job.size, rng, eye)
-    quality = int(rng.integers(75, 96))
+    img, view = paint(job.grade, job.size, rng, eye)
+    # drawn after the render's: the same picture with or without a frame
+    if job.frame is not None:
+        img = expose(img, view, job.frame, rng)
+    quality = int(rng.integers(75, 96) if job.frame is None else rng.integers(87, 94))
     img.save(job.path, format="JPEG", quality=quality, optimize=False, progressive=False)
 
 
@@ -120,9 +128,11 @@ def synthesize(
     out: Path,
     n_train: int,
     n_test: int,
-    size: int,
+    size: int | None,
     seed: int,
     preview: Path | None = None,
+    *,
+    frame: tuple[int, int] | None = None,
 ) -> dict[str, list[int]]:
     """Write a dataset in the lab layout into the new or empty folder `out`; return grade
     counts per split.
@@ -131,13 +141,19 @@ def synthesize(
     ``17_left``), ``train_label.csv``/``test_label.csv`` (headerless, grade 0-4, same order) and
     ``images/<patient>_<left|right>.jpeg``.  Both eyes of a patient are in the same split; with
     an odd count one patient has a single eye.  Grades follow `GRADE_PRIORS` by quota (every
-    grade at least once when a split has >= 5 images).  Identical arguments give byte-identical
-    files.  Returns ``{"train": [c0, .., c4], "test": [c0, .., c4]}``.  Raises `RetinoError`,
-    naming the command-line option, for bad arguments.
+    grade at least once when a split has >= 5 images).  Images are `size` pixels square
+    (default 256), or with `frame` = (width, height) camera-sized photographs around a render
+    of side `size` (default: the frame height, at most 1024).  Identical arguments give
+    byte-identical files.  Returns ``{"train": [c0, .., c4], "test": [c0, .., c4]}``.  Raises
+    `RetinoError`, naming the command-line option, for bad arguments.
     """
     n_train = checks.whole_number("--train", n_train, 1)
     n_test = checks.whole_number("--test", n_test, 1)
     seed = checks.whole_number("--seed", seed, 0)
+    if frame is not None:
+        frame = checks.check_frame(frame)
+    if size is None:
+        size = _DEFAULT_SIZE if frame is None else min(_FRAME_RENDER_MAX, frame[1])
     size = checks.whole_number("--size", size, MIN_SIZE, MAX_SIZE, " pixels")
     out = Path(out)
     preview = Path(preview) if preview is not None else None
@@ -152,7 +168,8 @@ def synthesize(
     jobs = []
     for si, split in enumerate(_SPLITS):
         for i, (name, grade) in enumerate(plan[split]):
-            jobs.append(_Job(seed, si, i, name, grade, size, str(img_dir / f"{name}.jpeg")))
+            path = str(img_dir / f"{name}.jpeg")
+            jobs.append(_Job(seed, si, i, name, grade, size, frame, path))
     _run(jobs)
 
     counts: dict[str, list[int]] = {}
@@ -163,7 +180,7 @@ def synthesize(
         counts[split] = [sum(1 for _, g in rows if g == k) for k in range(NUM_CLASSES)]
     if preview is not None:
         try:
-            write_preview(preview, size, seed)
+            write_preview(preview, size if frame is None else min(size, _PREVIEW_MAX), seed)
         except OSError as err:
             raise RetinoError(f"cannot write --preview {preview}: {err.strerror}") from None
     return counts
