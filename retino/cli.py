@@ -17,7 +17,7 @@ def _synth(args: argparse.Namespace) -> int:
 
     frame = parse_frame(args.frame) if args.frame is not None else None
     counts = synthesize(args.out, args.train, args.test, args.size, args.seed, args.preview,
-                        frame=frame)  # fmt: skip
+                        frame=frame, layout=args.layout)  # fmt: skip
     for split, grades in counts.items():
         print(f"{split}: {sum(grades)} images, grades 0-4: {grades}")
     print(f"wrote {args.out}" + (f" and {args.preview}" if args.preview else ""))
@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="retino", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("synth", help="write a synthetic fundus dataset in the lab layout")
+    p = sub.add_parser("synth", help="write a synthetic fundus dataset (lab, Kaggle or APTOS)")
     p.add_argument("out", type=Path, help="output folder, new or empty")
     p.add_argument("--train", type=int, default=200, help="train images (default 200)")
     p.add_argument("--test", type=int, default=50, help="test images (default 50)")
@@ -130,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="WxH",
         help="camera-sized photographs, e.g. 3888x2592: a retina disc about as tall as the "
         "frame, off-centre on a black frame of sensor noise",
+    )
+    p.add_argument(
+        "--layout",
+        default="lab",
+        metavar="{lab,kaggle,aptos}",
+        help="lab (default): train_img.csv ... and images/; kaggle: trainLabels.csv, "
+        "testLabels.csv, train/ and test/; aptos: train.csv and train_images/*.png",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(

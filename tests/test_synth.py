@@ -1,5 +1,6 @@
 """Tests for the synthetic fundus generator (`retino.synth`) and `retino synth`."""
 
+import io
 import math
 import re
 from pathlib import Path
@@ -12,7 +13,7 @@ from PIL import Image
 from retino.cli import main
 from retino.errors import RetinoError
 from retino.grades import NUM_CLASSES
-from retino.synth import GRADE_PRIORS, dataset, render_fundus, synthesize, write_preview
+from retino.synth import GRADE_PRIORS, dataset, layouts, render_fundus, synthesize, write_preview
 from retino.synth.render import paint
 from retino.synth.sensor import expose
 
@@ -201,6 +202,7 @@ def test_synthesize_writes_preview(tmp_path):
         {"size": 4097},
         {"seed": -1},
         {"n_train": 2.5},
+        {"layout": "coco"},
         {"frame": (100, 100)},
         {"frame": (200, 320)},
     ],
@@ -269,6 +271,76 @@ def test_frame_geometry_varies():
 
 
 # --------------------------------------------------------------------------------------------
+# layouts
+# --------------------------------------------------------------------------------------------
+KW = {"n_train": 5, "n_test": 4, "size": 48, "seed": 2}
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("lab") / "data"
+    synthesize(out, **KW)
+    return out
+
+
+def test_kaggle_layout(tmp_path, lab):
+    out = tmp_path / "kaggle"
+    counts = synthesize(out, **KW, layout="kaggle")
+    assert sorted(p.name for p in out.iterdir()) == [
+        "test", "testLabels.csv", "train", "trainLabels.csv"
+    ]  # fmt: skip
+    train = pd.read_csv(out / "trainLabels.csv")
+    test = pd.read_csv(out / "testLabels.csv")
+    assert list(train.columns) == ["image", "level"]
+    assert list(test.columns) == ["image", "level", "Usage"]
+    assert set(test.Usage) <= {"Public", "Private"}
+    for split, table in (("train", train), ("test", test)):
+        names, labels = read_split(lab, split)
+        assert table.image.tolist() == names and table.level.tolist() == labels
+        assert counts[split] == [labels.count(g) for g in range(NUM_CLASSES)]
+        for name in names:  # the same photographs, only elsewhere
+            kaggle_image = (out / split / f"{name}.jpeg").read_bytes()
+            assert kaggle_image == (lab / "images" / f"{name}.jpeg").read_bytes()
+
+
+def test_kaggle_usage_is_a_fifth_public_by_patient(tmp_path):
+    plan = dataset._plan(n_train=2, n_test=600, seed=0)
+    text = layouts.place("kaggle", tmp_path, plan, seed=0).tables[tmp_path / "testLabels.csv"]
+    test = pd.read_csv(io.StringIO(text))
+    assert (test.Usage == "Public").mean() == pytest.approx(0.2, abs=0.05)
+    patients = test.image.str.split("_").str[0]
+    assert test.groupby(patients).Usage.nunique().max() == 1  # both eyes on one leaderboard
+
+
+def test_aptos_layout(tmp_path, lab):
+    out = tmp_path / "aptos"
+    counts = synthesize(out, **KW, layout="aptos")
+    assert sorted(p.name for p in out.iterdir()) == ["train.csv", "train_images"]
+    table = pd.read_csv(out / "train.csv", dtype={"id_code": str})
+    assert list(table.columns) == ["id_code", "diagnosis"]
+    assert table.id_code.str.fullmatch(r"[0-9a-f]{12}").all()
+    assert table.id_code.is_unique and table.id_code.is_monotonic_increasing
+    lab_images = {}
+    for split in ("train", "test"):
+        for name, label in zip(*read_split(lab, split), strict=True):
+            with Image.open(lab / "images" / f"{name}.jpeg") as im:
+                lab_images[name] = (np.asarray(im, dtype=np.float64), label)
+    assert len(table) == KW["n_train"] + KW["n_test"] == len(lab_images)
+    assert counts == {"train": np.bincount(table.diagnosis, minlength=NUM_CLASSES).tolist()}
+    matched = set()
+    for code, grade in zip(table.id_code, table.diagnosis, strict=True):
+        with Image.open(out / "train_images" / f"{code}.png") as im:
+            assert im.format == "PNG" and im.size == (48, 48)
+            pixels = np.asarray(im, dtype=np.float64)
+        # the lossless render is one lab JPEG up to compression error, with the same grade
+        diffs = {name: np.abs(pixels - img).mean() for name, (img, _) in lab_images.items()}
+        best, second = sorted(diffs, key=diffs.get)[:2]
+        assert diffs[best] < 0.5 * diffs[second] and lab_images[best][1] == grade
+        matched.add(best)
+    assert len(matched) == len(lab_images)
+
+
+# --------------------------------------------------------------------------------------------
 # the command line
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
@@ -279,6 +351,7 @@ def test_frame_geometry_varies():
         (["--frame", "10x10"], "--frame", "128 to 8192"),
         (["--frame", "abc"], "--frame", "WIDTHxHEIGHT"),
         (["--train", "-3"], "--train", "1 or more"),
+        (["--layout", "coco"], "--layout", "lab, kaggle, aptos"),
     ],
 )
 def test_cli_rejects_bad_options(tmp_path, capsys, args, option, hint):

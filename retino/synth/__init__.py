@@ -9,11 +9,14 @@ spots, venous beading, neovascularisation, pre-retinal haemorrhage, laser scars)
 also gets random anatomy and camera variation (exposure, tint, gamma, blur, rotation, field of
 view offset and cropping, rim glare, sensor noise, JPEG quality), independent of the grade.
 
-`synthesize` writes a data set; output is byte-identical for the same arguments.
-`write_preview` draws a contact sheet, one row per grade.
+`synthesize` writes a data set in the lab, Kaggle or APTOS layout, optionally as camera-sized
+frames; output is byte-identical for the same arguments.  `write_preview` draws a contact
+sheet, one row per grade.
 
 Modules: `canvas` (coordinates, layers, compositing), `anatomy`, `vessels`, `lesions`,
-`camera`, `render` (composes them), `dataset` (grades per split, image jobs).
+`camera`, `render` (composes them into one square image), `sensor` (camera-sized frames),
+`dataset` (grades per split, rendering jobs), `layouts` (file names and label tables),
+`preview`, `checks` (the user's arguments).
 """
 
 from retino.synth.dataset import GRADE_PRIORS, synthesize

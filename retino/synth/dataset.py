@@ -11,6 +11,7 @@ import numpy as np
 from retino.errors import RetinoError
 from retino.grades import NUM_CLASSES
 from retino.synth import checks
+from retino.synth.layouts import LAYOUTS, Rows, place
 from retino.synth.preview import write_preview
 from retino.synth.render import MAX_SIZE, MIN_SIZE, paint
 from retino.synth.sensor import expose
@@ -23,7 +24,7 @@ _FRAME_RENDER_MAX = 1024  # frames upscale a render of at most this side: decode
 _PREVIEW_MAX = 256  # contact-sheet tiles with --frame
 _PARALLEL_MIN_IMAGES = 64  # below this, a process pool costs more than it saves
 
-Plan = dict[str, list[tuple[str, int]]]  # split -> [(image name, grade), ...]
+Plan = dict[str, Rows]  # split -> [(image name, grade), ...]
 
 
 def _quota(n: int) -> list[int]:
@@ -99,9 +100,12 @@ def _render_job(job: _Job) -> None:
     rng = np.random.default_rng([job.seed, job.split_idx, job.index])
     eye = "left" if job.name.endswith("_left") else "right"
     img, view = paint(job.grade, job.size, rng, eye)
-    # drawn after the render's: the same picture with or without a frame
+    # frame and quality are drawn after the render: one picture in every layout and frame
     if job.frame is not None:
         img = expose(img, view, job.frame, rng)
+    if job.path.endswith(".png"):  # level 1: 4x faster than the default on noisy frames
+        img.save(job.path, format="PNG", compress_level=1)
+        return
     quality = int(rng.integers(75, 96) if job.frame is None else rng.integers(87, 94))
     img.save(job.path, format="JPEG", quality=quality, optimize=False, progressive=False)
 
@@ -133,23 +137,24 @@ def synthesize(
     preview: Path | None = None,
     *,
     frame: tuple[int, int] | None = None,
+    layout: str = "lab",
 ) -> dict[str, list[int]]:
-    """Write a dataset in the lab layout into the new or empty folder `out`; return grade
-    counts per split.
+    """Write a data set into the new or empty folder `out`; return grade counts per split.
 
-    Layout: ``train_img.csv``/``test_img.csv`` (headerless, one image name per row, e.g.
-    ``17_left``), ``train_label.csv``/``test_label.csv`` (headerless, grade 0-4, same order) and
-    ``images/<patient>_<left|right>.jpeg``.  Both eyes of a patient are in the same split; with
-    an odd count one patient has a single eye.  Grades follow `GRADE_PRIORS` by quota (every
-    grade at least once when a split has >= 5 images).  Images are `size` pixels square
-    (default 256), or with `frame` = (width, height) camera-sized photographs around a render
-    of side `size` (default: the frame height, at most 1024).  Identical arguments give
-    byte-identical files.  Returns ``{"train": [c0, .., c4], "test": [c0, .., c4]}``.  Raises
+    `layout` is ``lab``, ``kaggle`` or ``aptos`` (see `retino.synth.layouts`); the images and
+    grades are the same in each.  Both eyes of a patient are in the same split; with an odd
+    count one patient has a single eye.  Grades follow `GRADE_PRIORS` by quota (every grade at
+    least once when a split has >= 5 images).  Images are `size` pixels square (default 256),
+    or with `frame` = (width, height) camera-sized photographs around a render of side `size`
+    (default: the frame height, at most 1024).  Identical arguments give byte-identical files.
+    Returns ``{"train": [c0, .., c4], "test": [...]}`` (APTOS: ``train`` only).  Raises
     `RetinoError`, naming the command-line option, for bad arguments.
     """
     n_train = checks.whole_number("--train", n_train, 1)
     n_test = checks.whole_number("--test", n_test, 1)
     seed = checks.whole_number("--seed", seed, 0)
+    if layout not in LAYOUTS:
+        raise RetinoError(f"--layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
     if frame is not None:
         frame = checks.check_frame(frame)
     if size is None:
@@ -159,28 +164,25 @@ def synthesize(
     preview = Path(preview) if preview is not None else None
     checks.check_output(out, preview)
 
-    img_dir = out / "images"
+    plan = _plan(n_train, n_test, seed)
+    placement = place(layout, out, plan, seed)
+    folders = {out} | {p.parent for paths in placement.paths.values() for p in paths}
     try:
-        img_dir.mkdir(parents=True, exist_ok=True)
+        for folder in sorted(folders):
+            folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise RetinoError(f"cannot create {err.filename}: {err.strerror}") from None
-    plan = _plan(n_train, n_test, seed)
     jobs = []
     for si, split in enumerate(_SPLITS):
-        for i, (name, grade) in enumerate(plan[split]):
-            path = str(img_dir / f"{name}.jpeg")
-            jobs.append(_Job(seed, si, i, name, grade, size, frame, path))
+        rows = zip(plan[split], placement.paths[split], strict=True)
+        for i, ((name, grade), path) in enumerate(rows):
+            jobs.append(_Job(seed, si, i, name, grade, size, frame, str(path)))
     _run(jobs)
-
-    counts: dict[str, list[int]] = {}
-    for split in _SPLITS:
-        rows = plan[split]
-        (out / f"{split}_img.csv").write_text("".join(f"{nm}\n" for nm, _ in rows))
-        (out / f"{split}_label.csv").write_text("".join(f"{g}\n" for _, g in rows))
-        counts[split] = [sum(1 for _, g in rows if g == k) for k in range(NUM_CLASSES)]
+    for table, text in placement.tables.items():
+        table.write_text(text)
     if preview is not None:
         try:
             write_preview(preview, size if frame is None else min(size, _PREVIEW_MAX), seed)
         except OSError as err:
             raise RetinoError(f"cannot write --preview {preview}: {err.strerror}") from None
-    return counts
+    return placement.counts
