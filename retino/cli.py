@@ -13,11 +13,11 @@ from retino.errors import RetinoError, exit_on_error
 
 def _synth(args: argparse.Namespace) -> int:
     from retino.synth import synthesize
+    from retino.synth.checks import parse_frame
 
-    try:
-        counts = synthesize(args.out, args.train, args.test, args.size, args.seed, args.preview)
-    except ValueError as err:
-        raise RetinoError(str(err)) from None
+    frame = parse_frame(args.frame) if args.frame is not None else None
+    counts = synthesize(args.out, args.train, args.test, args.size, args.seed, args.preview,
+                        frame=frame, layout=args.layout)  # fmt: skip
     for split, grades in counts.items():
         print(f"{split}: {sum(grades)} images, grades 0-4: {grades}")
     print(f"wrote {args.out}" + (f" and {args.preview}" if args.preview else ""))
@@ -120,13 +120,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="retino", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("synth", help="write a synthetic fundus dataset in the lab layout")
-    p.add_argument("out", type=Path, help="output folder")
+    p = sub.add_parser("synth", help="write a synthetic fundus dataset (lab, Kaggle or APTOS)")
+    p.add_argument("out", type=Path, help="output folder, new or empty")
     p.add_argument("--train", type=int, default=200, help="train images (default 200)")
     p.add_argument("--test", type=int, default=50, help="test images (default 50)")
-    p.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    p.add_argument(
+        "--size",
+        type=int,
+        metavar="PX",
+        help="image side, 32-4096 (default 256); with --frame, the side of the square render "
+        "that is scaled into the frame (default: the frame height, at most 1024)",
+    )
+    p.add_argument(
+        "--frame",
+        metavar="WxH",
+        help="camera-sized photographs, e.g. 3888x2592: a retina disc about as tall as the "
+        "frame, off-centre on a black frame of sensor noise",
+    )
+    p.add_argument(
+        "--layout",
+        default="lab",
+        metavar="{lab,kaggle,aptos}",
+        help="lab (default): train_img.csv ... and images/; kaggle: trainLabels.csv, "
+        "testLabels.csv, train/ and test/; aptos: train.csv and train_images/*.png",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--preview", type=Path, help="also write a PNG contact sheet, a row per grade")
+    p.add_argument(
+        "--preview",
+        type=Path,
+        help="also write a PNG contact sheet, a row per grade (tiles of --size px, at most 256 "
+        "with --frame)",
+    )
     p.set_defaults(handler=_synth)
 
     p = sub.add_parser("validate", help="check a dataset in the lab layout and summarise it")
