@@ -1,4 +1,4 @@
-"""evaluate: run the selected checkpoint once over the test split; log test_* to the run."""
+"""evaluate: run the selected checkpoint once over the test split; log best/test_* to the run."""
 
 import argparse
 import sys
@@ -11,6 +11,7 @@ from retino.config import load_config
 from retino.errors import exit_on_error
 from retino.evaluation.evaluate import evaluate_test
 from retino.evaluation.predict import load_predictor, write_gallery
+from retino.tracking.names import test_metrics
 from retino.tracking.runs import open_run, read_run_file
 from retino.tracking.store import project_root
 
@@ -29,7 +30,7 @@ def main() -> None:
     predictor = load_predictor(str(args.models / "best.pt"), cfg.train.device)
     metrics = evaluate_test(predictor, args.data, args.prepared, args.out)
     with open_run(project_root(), run_id) as run, tempfile.TemporaryDirectory() as tmp:
-        run.log_metrics({f"test_{k}": v for k, v in metrics.items()})
+        run.log_metrics(test_metrics(metrics))
         for name in ("metrics.json", "predictions.csv", "confusion.json"):
             run.log_artifact(args.out / name, "eval")
         # Grad-CAMs of the most confident right and wrong test image per grade (<= 10 images)

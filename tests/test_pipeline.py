@@ -39,10 +39,9 @@ def test_dvc_repro_end_to_end(tmp_path, tiny_source):
     assert len(runs) == 1
     logged = runs.iloc[0]
     assert logged.status == "FINISHED"
-    assert (
-        logged["metrics.val_qwk"] >= -1
-        and logged["metrics.test_accuracy"] == test_metrics["accuracy"]
-    )
+    assert logged["metrics.best/val_qwk"] >= -1
+    assert logged["metrics.best/test_accuracy"] == test_metrics["accuracy"]
+    assert logged["metrics.best/test_qwk"] == test_metrics["qwk"]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(logged.run_id)}
     assert {"checkpoints", "eval", "figures", "history.csv"} <= artifacts
     assert logged["tags.data_md5"].endswith(".dir")

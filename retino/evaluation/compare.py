@@ -15,6 +15,7 @@ import pandas as pd
 
 from retino.errors import RetinoError
 from retino.evaluation.plots import plot_accuracy_comparison, plot_confusion_grid
+from retino.tracking.names import BEST_TEST_ACCURACY, BEST_TEST_MAJORITY, BEST_TEST_QWK
 from retino.tracking.queries import RunRecord, list_runs, metric_history, read_artifact
 from retino.tracking.store import Store, existing_store
 
@@ -36,7 +37,7 @@ def pick_runs(runs: list[RunRecord]) -> tuple[list[Cell], list[str]]:
         if run.status != "FINISHED":
             notes.append(f"skipped {run.name} ({run.run_id[:8]}): status {run.status}")
             continue
-        if "test_accuracy" not in run.metrics:
+        if BEST_TEST_QWK not in run.metrics:
             notes.append(f"skipped {run.name} ({run.run_id[:8]}): no test metrics (run evaluate)")
             continue
         kind = "scratch" if run.params.get("pretrained", "False") == "False" else "pretrained"
@@ -51,16 +52,16 @@ def pick_runs(runs: list[RunRecord]) -> tuple[list[Cell], list[str]]:
 def results_table(store: Store, cells: list[Cell]) -> pd.DataFrame:
     rows = []
     for cell in cells:
-        per_epoch = metric_history(store, cell.run.run_id, "test_acc")
+        per_epoch = metric_history(store, cell.run.run_id, "test/acc")
         rows.append(
             {
                 "arch": cell.arch,
                 "weights": cell.kind,
                 "run_name": cell.run.name,
                 "run_id": cell.run.run_id,
-                "test_accuracy": cell.run.metrics["test_accuracy"],
-                "test_qwk": cell.run.metrics["test_qwk"],
-                "majority_accuracy": cell.run.metrics.get("test_majority_accuracy", np.nan),
+                "test_accuracy": cell.run.metrics[BEST_TEST_ACCURACY],
+                "test_qwk": cell.run.metrics[BEST_TEST_QWK],
+                "majority_accuracy": cell.run.metrics.get(BEST_TEST_MAJORITY, np.nan),
                 "highest_epoch_test_acc": max(per_epoch.values()) if per_epoch else np.nan,
             }
         )
@@ -103,7 +104,7 @@ def markdown(table: pd.DataFrame) -> str:
 
 
 def accuracy_curves(store: Store, run_id: str) -> pd.DataFrame:
-    train, test = (metric_history(store, run_id, k) for k in ("train_acc", "test_acc"))
+    train, test = (metric_history(store, run_id, k) for k in ("train/acc", "test/acc"))
     epochs = sorted(set(train) | set(test))
     return pd.DataFrame(
         {

@@ -18,12 +18,18 @@ class RunRecord:
     status: str
     params: dict[str, str]
     metrics: dict[str, float]
+    dvc_exp_name: str = ""
+
+    def named(self, names: set[str]) -> set[str]:
+        """Which of `names` refer to this run: its id, run name or DVC experiment name."""
+        return names & {self.run_id, self.name, self.dvc_exp_name}
 
 
 def list_runs(
     store: Store, experiment: str = DEFAULT_EXPERIMENT, run_ids: list[str] | None = None
 ) -> list[RunRecord]:
-    """Runs of `experiment` (or just `run_ids`, given as ids or run names), oldest first."""
+    """Runs of `experiment` (or just `run_ids`: ids, run names or DVC experiment names), oldest
+    first."""
     experiment_id = store.experiment_id(experiment)
     if experiment_id is None:
         raise RetinoError(
@@ -31,13 +37,14 @@ def list_runs(
         )
     runs = retry(lambda: store.client.search_runs([experiment_id], order_by=["start_time ASC"]))
     records = [
-        RunRecord(r.info.run_id, r.info.run_name, r.info.status, r.data.params, r.data.metrics)
+        RunRecord(r.info.run_id, r.info.run_name, r.info.status, r.data.params, r.data.metrics,
+                  r.data.tags.get("dvc_exp_name", ""))
         for r in runs
-    ]
+    ]  # fmt: skip
     if run_ids:
         wanted = set(run_ids)
-        records = [r for r in records if r.run_id in wanted or r.name in wanted]
-        missing = wanted - {r.run_id for r in records} - {r.name for r in records}
+        records = [r for r in records if r.named(wanted)]
+        missing = wanted - set().union(*(r.named(wanted) for r in records))
         if missing:
             raise RetinoError(f"run {sorted(missing)[0]!r} not found in experiment {experiment!r}")
     return records

@@ -17,6 +17,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 
 from retino.errors import RetinoError
+from retino.tracking.names import variant
 from retino.tracking.store import DEFAULT_EXPERIMENT, Store, git, open_store, retry
 
 INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
@@ -63,15 +64,18 @@ class Run:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self._guard.call(lambda: mlflow.log_metrics(metrics, step=step))
 
-    def log_history(self, rows: list[dict[str, float]]) -> None:
-        """Per-epoch rows (with an `epoch` key) as metrics at step=epoch, skipping logged epochs."""
+    def log_epochs(self, epochs: dict[int, dict[str, float]]) -> None:
+        """Each epoch's metrics at step=epoch, skipping epochs already logged (a resumed run
+        holds some). An epoch is one batch, all or nothing: its first metric marks it logged."""
         client = self.store.client
-        logged = self._guard.call(lambda: client.get_metric_history(self.run_id, "val_loss"))
+        first = next(iter(next(iter(epochs.values()), {})), None)
+        if first is None:
+            return
+        logged = self._guard.call(lambda: client.get_metric_history(self.run_id, first))
         steps = {m.step for m in logged}
-        for row in rows:
-            if row["epoch"] not in steps:
-                metrics = {k: v for k, v in row.items() if k != "epoch"}
-                self.log_metrics(metrics, step=int(row["epoch"]))
+        for epoch, metrics in epochs.items():
+            if epoch not in steps:
+                self.log_metrics(metrics, step=epoch)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self._guard.call(lambda: mlflow.log_artifact(str(path), artifact_path))
@@ -147,11 +151,12 @@ def run_tags(cfg_flat: dict[str, Any]) -> dict[str, str]:
 
 
 def run_name(cfg_flat: dict[str, Any]) -> str:
-    if os.environ.get("DVC_EXP_NAME"):
-        return os.environ["DVC_EXP_NAME"]
-    kind = "scratch" if cfg_flat["pretrained"] is False else "pretrained"
-    sha = (git(Path.cwd(), "rev-parse", "--short", "HEAD") or "nogit")[:7]
-    return f"{cfg_flat['arch']}-{kind}-{sha}"
+    """<arch>-<pretrained|scratch>-<DVC experiment name, or the short git sha outside one>."""
+    suffix = (
+        os.environ.get("DVC_EXP_NAME")
+        or (git(Path.cwd(), "rev-parse", "--short", "HEAD") or "nogit")[:7]
+    )
+    return f"{variant(cfg_flat['arch'], cfg_flat['pretrained'])}-{suffix}"
 
 
 def data_version(dvc_file: Path) -> str:

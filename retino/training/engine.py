@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from retino.config import Config, TrainConfig
 from retino.data.transforms import BatchTransform
+from retino.grades import NUM_CLASSES
 from retino.metrics import quick_metrics
 from retino.training.distributed import Dist, all_sum, gather_ordered
 
@@ -79,9 +80,13 @@ def train_one_epoch(
     desc: str = "train",
     job: Dist = SINGLE,
 ) -> dict[str, float]:
+    """One epoch of optimisation: mean loss, accuracy and QWK of the (augmented) batches as they
+    were trained on, and throughput. Under DDP the sums and the confusion matrix are reduced
+    across ranks, so QWK is exactly that of all ranks' predictions together."""
     model.train()
     device = transform.device
     total_loss, correct, seen = 0.0, 0, 0
+    counts = torch.zeros(NUM_CLASSES * NUM_CLASSES, dtype=torch.int64, device=device)
     start = time.perf_counter()
     bar = _progress(loader, desc, job)
     for images, labels in bar:
@@ -89,16 +94,35 @@ def train_one_epoch(
             model, images, labels, transform, optimizer, criterion, generator
         )
         n = len(y)
+        predicted = logits.argmax(1)
         total_loss += loss.item() * n
-        correct += (logits.argmax(1) == y).sum().item()
+        correct += (predicted == y).sum().item()
+        counts += torch.bincount(y * NUM_CLASSES + predicted, minlength=NUM_CLASSES**2)
         seen += n
         rate = seen / (time.perf_counter() - start)
         bar.set_postfix(
             loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}", img_s=f"{rate:.0f}"
         )
     seconds = time.perf_counter() - start
-    total_loss, correct, seen = all_sum(job, [total_loss, correct, seen], device)
-    return {"loss": total_loss / seen, "acc": correct / seen, "images_per_s": seen / seconds}
+    # one collective for all: float64 holds counts exactly up to 2**53
+    total_loss, correct, seen, *cells = all_sum(
+        job, [total_loss, correct, seen, *counts.tolist()], device
+    )
+    qwk = _qwk_of_counts(np.asarray(cells, dtype=np.int64).reshape(NUM_CLASSES, NUM_CLASSES))
+    return {
+        "loss": total_loss / seen,
+        "acc": correct / seen,
+        "qwk": qwk,
+        "images_per_s": seen / seconds,
+    }
+
+
+def _qwk_of_counts(cm: np.ndarray) -> float:
+    """QWK of a confusion matrix (rows true, columns predicted), via the (label, prediction)
+    pairs it counts: the same function as validation's, so train and val QWK compare exactly."""
+    true, predicted = np.indices(cm.shape).reshape(2, -1)
+    pairs = cm.reshape(-1)
+    return quick_metrics(np.repeat(true, pairs), np.repeat(predicted, pairs))["qwk"]
 
 
 def _progress(loader: DataLoader, desc: str, job: Dist) -> tqdm:
@@ -237,7 +261,7 @@ def fit(
         row |= {f"val_{k}": v for k, v in va.items()}
         if loaders.test is not None:
             te = evaluate(net, loaders.test, trainee.eval_tf, f"epoch {epoch + 1} test", job)
-            row |= {"test_loss": te["loss"], "test_acc": te["acc"]}
+            row |= {f"test_{k}": v for k, v in te.items()}
         row["images_per_s"] = tr["images_per_s"]
         history.append(row)
 

@@ -29,19 +29,20 @@ from retino.data.dataset import (
     read_stats,
 )
 from retino.data.transforms import BatchTransform
+from retino.tracking.names import best_metrics, epoch_metrics
 from retino.tracking.runs import open_run, run_name, run_tags, write_run_file
 from retino.tracking.store import project_root
 from retino.training import checkpoint
 from retino.training.checkpoint import BEST_FILE, RESUME_FILE, Checkpoint
 from retino.training.distributed import Dist, barrier, setup, teardown
-from retino.training.engine import FitResult, Loaders, Trainee, fit, resolve_device
+from retino.training.engine import FitResult, Loaders, Trainee, better, fit, resolve_device
 from retino.training.models import build_model
 from retino.training.optim import make_criterion, make_optimizer, make_scheduler
 
 RUN_FILE = "run.json"
 # metrics.json holds what identical runs reproduce bit for bit and what selection looked at:
 # no timings (history and MLflow have them), no test numbers (the evaluate stage owns those)
-SELECTED = ("train_loss", "train_acc", "val_loss", "val_acc", "val_qwk")
+SELECTED = ("train_loss", "train_acc", "train_qwk", "val_loss", "val_acc", "val_qwk")
 
 
 def train(
@@ -105,23 +106,23 @@ def _train(
 
     flat = cfg.flat()
     root = project_root()
+    select = cfg.train.select_metric
     with open_run(root, run_id, run_name(flat), run_tags(flat)) as run:
         (ckpt_dir / RUN_FILE).write_text(json.dumps({"run_id": run.run_id, "tag": tag}) + "\n")
         if run_id is None:
             run.log_params(flat)
         if resume is not None:  # a kill may have come between checkpoint and logging
-            run.log_history(resume.history)
+            run.log_epochs(_logged_epochs(resume.history, select))
 
         def on_epoch(result: FitResult, improved: bool) -> None:
             if improved:
                 save(result, BEST_FILE)
             save(result, RESUME_FILE)
-            run.log_history(result.history[-1:])
+            run.log_epochs(_logged_epochs(result.history, select))
 
         result = fit(trainee, loaders, cfg, done, on_epoch, job)
         val_labels = loaders.val.dataset.labels.numpy()
         _publish(result, val_labels, ckpt_dir, models_dir, reports_dir, run.run_id)
-        run.log_metrics({"best_epoch": result.best_epoch})
         run.log_artifact(models_dir / BEST_FILE, "checkpoints")
         run.log_artifact(reports_dir / "history.csv")
         model = trainee.model
@@ -130,9 +131,18 @@ def _train(
         # batch of 2: an example batch of 1 would freeze the exported graph to batch size 1
         run.log_model(model.cpu().float(), np.zeros((2, 3, size, size), dtype=np.float32))
     _empty(ckpt_dir)  # finished: nothing left to resume
-    metric = cfg.train.select_metric
-    print(f"best epoch {result.best_epoch}: {metric} {result.best[metric]:.4f}")
+    print(f"best epoch {result.best_epoch}: {select} {result.best[select]:.4f}")
     return result
+
+
+def _logged_epochs(history: list[dict[str, float]], select: str) -> dict[int, dict[str, float]]:
+    """MLflow metrics per epoch: best/ (the best epoch so far) first, then train/, val/, test/."""
+    epochs, best = {}, None
+    for row in history:
+        if best is None or better(select, row[select], best[select]):
+            best = row
+        epochs[int(row["epoch"])] = best_metrics(best, select) | epoch_metrics(row)
+    return epochs
 
 
 def _trainee(

@@ -20,15 +20,16 @@ def store(tmp_path, monkeypatch):
 
 def log_run(root, arch, pretrained, acc, qwk, status_error=None, evaluated=True):
     params = {"arch": arch, "pretrained": pretrained}
+    tags = {"dvc_exp_name": f"exp-{arch}-{pretrained}"}
     try:
-        with open_run(root, name=f"{arch}-{pretrained}") as run:
+        with open_run(root, name=f"{arch}-{pretrained}", tags=tags) as run:
             run.log_params(params)
             for epoch in (1, 2, 3):
-                curves = {"train_acc": 0.6 + 0.1 * epoch, "test_acc": acc - 0.1 + 0.05 * epoch}
+                curves = {"train/acc": 0.6 + 0.1 * epoch, "test/acc": acc - 0.1 + 0.05 * epoch}
                 run.log_metrics(curves, step=epoch)
             if evaluated:
-                run.log_metrics({"test_accuracy": acc, "test_qwk": qwk,
-                                 "test_majority_accuracy": 0.735})  # fmt: skip
+                run.log_metrics({"best/test_accuracy": acc, "best/test_qwk": qwk,
+                                 "best/test_majority_accuracy": 0.735})  # fmt: skip
                 cm = root / "confusion.json"
                 cm.write_text(json.dumps({"counts": [[5, 1, 0, 0, 0]] + [[0, 0, 2, 0, 0]] * 4}))
                 run.log_artifact(cm, "eval")
@@ -67,8 +68,14 @@ def test_seed_table_and_figures(store, capsys):
 def test_selected_runs_only(store):
     log_run(store, "resnet18", True, 0.82, 0.61)
     log_run(store, "resnet18", False, 0.74, 0.02)
+    log_run(store, "resnet50", False, 0.73, 0.0)
     assert main(["compare", "--out", str(store / "cmp"), "--runs", "resnet18-False"]) == 0
     assert len(pd.read_csv(store / "cmp" / "results.csv")) == 1
+    # a DVC experiment's name picks its run too
+    runs = ["resnet18-True", "exp-resnet50-False"]
+    assert main(["compare", "--out", str(store / "cmp"), "--runs", *runs]) == 0
+    table = pd.read_csv(store / "cmp" / "results.csv")
+    assert sorted(table.run_name) == ["resnet18-True", "resnet50-False"]
 
 
 def test_empty_store_is_a_clear_error(store, capsys):

@@ -46,9 +46,9 @@ def test_dvc_repro_logs_to_a_tracking_server(server, tmp_path, tiny_source):
     assert logged.data.params["arch"] == "resnet18" and logged.data.params["train.epochs"] == "1"
     assert logged.data.tags["mlflow.runName"].startswith("resnet18-scratch-")
     test_metrics = json.loads((project / "reports" / "eval" / "metrics.json").read_text())
-    assert logged.data.metrics["test_accuracy"] == test_metrics["accuracy"]
+    assert logged.data.metrics["best/test_accuracy"] == test_metrics["accuracy"]
     run_id = logged.info.run_id
-    assert [m.step for m in client.get_metric_history(run_id, "val_qwk")] == [1]
+    assert [m.step for m in client.get_metric_history(run_id, "val/qwk")] == [1]
 
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"checkpoints", "eval", "figures", "history.csv"} <= artifacts

@@ -2,6 +2,7 @@
 
 import json
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -47,7 +48,8 @@ def test_two_processes_one_run_close_to_single_process(project):
     ddp_run = json.loads((project / "ddp/models/run.json").read_text())["run_id"]
     row = table[table.run_id == ddp_run].iloc[0]
     assert row.status == "FINISHED" and row["params.train.nproc"] == "2"
-    assert row["metrics.val_qwk"] == history.val_qwk[0]
+    assert row["metrics.val/qwk"] == history.val_qwk[0]
+    assert row["metrics.train/qwk"] == history.train_qwk[0]
 
 
 def test_a_failing_rank_ends_the_job_with_its_message(project, tmp_path):
@@ -89,3 +91,58 @@ def test_gather_restores_order_without_padding():
         assert gather_ordered(Job(), shards[0], 5).tolist() == [0, 1, 2, 3, 4]
     finally:
         dist.all_gather = original
+
+
+def _epoch_on_rank(rank: int, world_size: int, init: str, out: str) -> None:
+    """One train_one_epoch of `_tiny_epoch`'s model on this rank's shard, joined over gloo."""
+    import torch.distributed as dist
+
+    from retino.training.distributed import Dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world_size)
+    try:
+        metrics = _tiny_epoch(Dist(rank, world_size, rank))
+    finally:
+        dist.destroy_process_group()
+    Path(out, f"{rank}.json").write_text(json.dumps(metrics))
+
+
+def _tiny_epoch(job) -> dict[str, float]:
+    """A linear model (no BatchNorm: a sample's prediction does not depend on its batch) that
+    does not learn (lr 0), over 40 fixed images of mixed grades."""
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+    from torch.utils.data.distributed import DistributedSampler
+
+    from retino.data.transforms import BatchTransform
+    from retino.training.engine import epoch_generator, train_one_epoch
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.randint(0, 5, (40,))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 5))
+    data = TensorDataset(images, labels)
+    sampler = DistributedSampler(data, job.world_size, job.rank, shuffle=False)
+    loader = DataLoader(data, batch_size=4, sampler=sampler)
+    transform = BatchTransform([0.5] * 3, [0.25] * 3, torch.device("cpu"), None)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    return train_one_epoch(model, loader, transform, optimizer, nn.CrossEntropyLoss(),
+                           epoch_generator(0, 0, job.rank), job=job)  # fmt: skip
+
+
+def test_train_qwk_under_ddp_is_that_of_all_predictions(tmp_path):
+    # two gloo ranks each see half the images; their summed confusion matrix gives the QWK of
+    # all 40 predictions, exactly as one process computes it (a mean of per-rank QWKs would not)
+    import torch.multiprocessing as mp
+
+    from retino.training.distributed import Dist
+
+    single = _tiny_epoch(Dist())
+    init = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(_epoch_on_rank, args=(2, init, str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        ranks = json.loads((tmp_path / f"{rank}.json").read_text())
+        assert ranks["qwk"] == single["qwk"] and ranks["acc"] == single["acc"]
+        assert ranks["loss"] == pytest.approx(single["loss"], rel=1e-6)
+    assert 0 < abs(single["qwk"]) < 1  # a real mix of right and wrong grades

@@ -35,9 +35,14 @@ def test_learns_and_logs_everything_to_mlflow(project):
     history = pd.read_csv(project / "reports" / "history.csv")
     assert list(history.epoch) == [1, 2, 3]
     assert history.train_loss.iloc[-1] < history.train_loss.iloc[0]
-    assert {"val_qwk", "val_acc", "val_loss", "test_acc", "lr", "images_per_s"} <= set(history)
+    assert list(history.columns) == [
+        "epoch", "lr", "train_loss", "train_acc", "train_qwk", "val_loss", "val_acc", "val_qwk",
+        "test_loss", "test_acc", "test_qwk", "images_per_s",
+    ]  # fmt: skip
     assert "images_per_s" not in metrics and "test_acc" not in metrics  # reproducible, no test
     assert metrics["val_qwk"] == history.val_qwk.max()  # best.pt = best val QWK
+    best = history[history.val_qwk == history.val_qwk.max()].iloc[0]
+    assert metrics["best_epoch"] == best.epoch and metrics["train_qwk"] == best.train_qwk
     assert (project / "models" / "best.pt").is_file() and (project / "models" / "last.pt").is_file()
     assert list((project / "ckpt").iterdir()) == []  # finished: nothing to resume
 
@@ -51,8 +56,21 @@ def test_learns_and_logs_everything_to_mlflow(project):
     assert run["tags.arch"] == "resnet18" and run["tags.pretrained"] == "False"
     assert run["tags.mlflow.runName"].startswith("resnet18-scratch-")
     client = mlflow.MlflowClient()
-    steps = [m.step for m in client.get_metric_history(run_id, "val_qwk")]
-    assert steps == [1, 2, 3]
+    logged = client.get_run(run_id).data.metrics
+    # the selection first (the UI shows metrics in logging order), then a section per split
+    assert list(logged)[:4] == ["best/val_qwk", "best/val_acc", "best/val_loss", "best/epoch"]
+    for split in ("train", "val", "test"):
+        for name in ("loss", "acc", "qwk"):
+            values = client.get_metric_history(run_id, f"{split}/{name}")
+            assert [(m.step, m.value) for m in values] == list(
+                zip(history.epoch, history[f"{split}_{name}"], strict=True)
+            )
+    assert logged["train/lr"] == history.lr.iloc[-1] and "train/images_per_s" in logged
+    # best/ holds the best epoch so far at every step: its last value is the selection
+    running = [m.value for m in client.get_metric_history(run_id, "best/val_qwk")]
+    assert running == list(history.val_qwk.cummax())
+    assert logged["best/epoch"] == metrics["best_epoch"]
+    assert logged["best/val_qwk"] == metrics["val_qwk"]
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"checkpoints", "history.csv"} <= artifacts
     assert {a.path for a in client.list_artifacts(run_id, "checkpoints")} == {"checkpoints/best.pt"}
@@ -129,8 +147,9 @@ def test_kill_9_then_resume_matches_uninterrupted_run(project):
     assert len(table) == 2  # the resumed training continued its own run
     assert set(table.status) == {"FINISHED"}
     run_id = json.loads((project / "crash" / "models" / "run.json").read_text())["run_id"]
-    history = mlflow.MlflowClient().get_metric_history(run_id, "val_qwk")
-    assert sorted(m.step for m in history) == [1, 2, 3]  # each epoch logged once
+    for key in ("val/qwk", "best/val_qwk", "train/qwk"):
+        history = mlflow.MlflowClient().get_metric_history(run_id, key)
+        assert sorted(m.step for m in history) == [1, 2, 3]  # each epoch logged once
 
 
 def test_sigterm_marks_run_killed_and_keeps_checkpoint(project):

@@ -1,0 +1,57 @@
+"""What things are called in MLflow: metrics, runs, the logged model. No mlflow import here.
+
+The UI's chart view makes a section of every metric prefix (the part before the first `/`):
+
+    train/  val/  test/   per epoch (step = epoch): loss, acc, qwk; train/ also lr, images_per_s.
+                          test/ exists with `train.track_test`: the lab report's curve, which
+                          peeks at test and never selects anything.
+    best/                 best.pt, the epoch selected on validation: best/epoch and
+                          best/val_{qwk,acc,loss} (step = epoch: the best so far, so the last
+                          value is the selection), then best/test_* — best.pt measured once on
+                          the test set by the evaluate stage. best/test_qwk is what ranks runs;
+                          it is not the highest point of the test/qwk curve.
+    per_grade/            best.pt's test precision and recall per grade.
+
+reports/train/history.csv keeps flat column names (train_acc, val_qwk, ...) for `dvc plots`.
+"""
+
+from typing import Any
+
+SPLITS = ("train", "val", "test")
+BEST_TEST_QWK = "best/test_qwk"  # the column to sort runs by
+BEST_TEST_ACCURACY = "best/test_accuracy"
+BEST_TEST_MAJORITY = "best/test_majority_accuracy"
+# evaluate's headline metrics first: the UI lists metrics in the order they were first logged
+HEADLINE = ("qwk", "accuracy", "balanced_accuracy", "macro_f1", "majority_accuracy")
+PER_GRADE = ("precision_", "recall_")
+
+
+def variant(arch: str, pretrained: Any) -> str:
+    """resnet18-scratch, resnet50-pretrained: what ran, as the lab report names it."""
+    return f"{arch}-{'scratch' if pretrained is False else 'pretrained'}"
+
+
+def epoch_metrics(row: dict[str, float]) -> dict[str, float]:
+    """A history row (train_loss, val_qwk, lr, ...) as train/loss, val/qwk, train/lr, ..."""
+    out = {}
+    for key, value in row.items():
+        split, _, name = key.partition("_")
+        if key != "epoch":
+            out[f"{split}/{name}" if split in SPLITS else f"train/{key}"] = value
+    return out
+
+
+def best_metrics(row: dict[str, float], select_metric: str) -> dict[str, float]:
+    """best/epoch and best/val_* of the selected history row, the selection metric first."""
+    others = sorted(k for k in row if k.startswith("val_") and k != select_metric)
+    return {**{f"best/{k}": row[k] for k in (select_metric, *others)}, "best/epoch": row["epoch"]}
+
+
+def test_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The evaluate stage's metrics of best.pt on test: best/test_* and per_grade/test_*."""
+    first = [k for k in HEADLINE if k in metrics]
+    rest = sorted(set(metrics) - set(first))
+    return {
+        (f"per_grade/test_{k}" if k.startswith(PER_GRADE) else f"best/test_{k}"): metrics[k]
+        for k in first + rest
+    }
