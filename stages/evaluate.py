@@ -8,11 +8,12 @@ from pathlib import Path
 import pandas as pd
 
 from retino.config import load_config
+from retino.data.dataset import read_split
 from retino.errors import exit_on_error
 from retino.evaluation.evaluate import evaluate_test
 from retino.evaluation.predict import load_predictor, write_gallery
 from retino.tracking.names import test_metrics
-from retino.tracking.runs import open_run, read_run_file
+from retino.tracking.runs import DATA_DVC, data_version, open_run, read_run_file
 from retino.tracking.store import project_root
 
 
@@ -31,12 +32,17 @@ def main() -> None:
     metrics = evaluate_test(predictor, args.data, args.prepared, args.out)
     with open_run(project_root(), run_id) as run, tempfile.TemporaryDirectory() as tmp:
         run.log_metrics(test_metrics(metrics))
+        run.log_dataset("test", read_split(args.prepared, "test"), data_version(DATA_DVC))
         for name in ("metrics.json", "predictions.csv", "confusion.json"):
             run.log_artifact(args.out / name, "eval")
-        # Grad-CAMs of the most confident right and wrong test image per grade (<= 10 images)
+        # Grad-CAMs of the most confident right and wrong test image per grade (<= 10 images):
+        # files named after the photograph, and images keyed by grade and verdict, which the
+        # chart view's image grid lines up across runs
         table = pd.read_csv(args.out / "predictions.csv")
         for path in write_gallery(predictor, table, args.data, Path(tmp)):
             run.log_artifact(path, "eval/gallery")
+            grade, verdict = path.stem.split("_")[:2]  # grade2_wrong_<image>
+            run.log_image(path, f"gradcam/{grade}_{verdict}")
     print(f"test accuracy {metrics['accuracy']:.4f} (always grade 0: "
           f"{metrics['majority_accuracy']:.4f}), QWK {metrics['qwk']:.4f}")  # fmt: skip
 

@@ -3,13 +3,14 @@
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from retino.errors import exit_on_error
-from retino.evaluation.plots import plot_confusion, plot_curves
+from retino.evaluation.plots import plot_confusion, plot_confusion_grid, plot_curves
 from retino.tracking.runs import open_run, read_run_file
 from retino.tracking.store import project_root
 
@@ -26,9 +27,18 @@ def main() -> None:
     figures = {"curves.png": args.out / "curves.png", "confusion.png": args.out / "confusion.png"}
     plot_curves(pd.read_csv(args.history), figures["curves.png"])
     plot_confusion(counts, figures["confusion.png"], title="Test set")
-    with open_run(project_root(), read_run_file(args.run)) as run:
+    with (
+        open_run(project_root(), read_run_file(args.run)) as run,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         for path in figures.values():
             run.log_artifact(path, "figures")
+        # keyed images, which the chart view's image grid puts side by side across runs; the
+        # confusion matrix as one square panel, legible in a grid tile
+        square = Path(tmp, "confusion.png")
+        plot_confusion_grid({"best.pt on test (rows sum to 1)": counts}, square)
+        run.log_image(square, "confusion")
+        run.log_image(figures["curves.png"], "curves")
     print("wrote " + ", ".join(str(p) for p in figures.values()))
 
 

@@ -42,9 +42,21 @@ def test_dvc_repro_end_to_end(tmp_path, tiny_source):
     assert logged["metrics.best/val_qwk"] >= -1
     assert logged["metrics.best/test_accuracy"] == test_metrics["accuracy"]
     assert logged["metrics.best/test_qwk"] == test_metrics["qwk"]
-    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(logged.run_id)}
-    assert {"checkpoints", "eval", "figures", "history.csv"} <= artifacts
+    client = mlflow.MlflowClient()
+    artifacts = {a.path for a in client.list_artifacts(logged.run_id)}
+    assert artifacts == {"eval", "figures", "history.csv", "images"}  # best.pt only as the model
     assert logged["tags.data_md5"].endswith(".dir")
+    (model,) = client.search_logged_models([logged.experiment_id])
+    assert model.name == "resnet18-scratch" and model.source_run_id == logged.run_id
+    # train and val from train (tiny params track no test per epoch), test from evaluate
+    inputs = client.get_run(logged.run_id).inputs.dataset_inputs
+    assert sorted(i.tags[0].value for i in inputs) == ["test", "training", "validation"]
+    sources = {json.loads(i.dataset.source)["tags"]["dvc_md5"] for i in inputs}
+    assert sources == {logged["tags.data_md5"]}
+    # the confusion matrix, the curves and the Grad-CAMs as keyed images for the image grid
+    images = {a.path.split("+")[0] for a in client.list_artifacts(logged.run_id, "images")}
+    assert {"images/confusion", "images/curves"} <= images
+    assert any(name.startswith("images/gradcam~grade0_") for name in images), images
 
     # nothing changed: a second repro does nothing; `dvc exp show` lists the metrics
     assert "Data and pipelines are up to date" in run(["dvc", "repro"], dvc_project, env)

@@ -7,6 +7,7 @@ report's "highest per-epoch test accuracy", which peeks at test and is only for 
 """
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def pick_runs(runs: list[RunRecord]) -> tuple[list[Cell], list[str]]:
         if run.status != "FINISHED":
             notes.append(f"skipped {run.name} ({run.run_id[:8]}): status {run.status}")
             continue
-        if BEST_TEST_QWK not in run.metrics:
+        if math.isnan(run.metrics.get(BEST_TEST_QWK, math.nan)):  # NaN: evaluate did not run
             notes.append(f"skipped {run.name} ({run.run_id[:8]}): no test metrics (run evaluate)")
             continue
         kind = "scratch" if run.params.get("pretrained", "False") == "False" else "pretrained"

@@ -1,15 +1,13 @@
 """Grading photographs with a trained model: `retino predict`, Grad-CAMs, `retino explain`.
 
-A model source is a checkpoint file (models/best.pt), an MLflow URI (runs:/<id>/model,
+A model source is a checkpoint file (models/best.pt), an MLflow URI (runs:/<id>/<model>,
 models:/<name>/<version>, models:/<name>@<alias>) or the name of a finished run / DVC experiment
-in the project's store. MLflow sources resolve to the run's checkpoints/best.pt: like the file,
-it holds the weights, the config and the training mean/std. Images take the evaluation path:
-`load_image` (resize, centre crop), `BatchTransform` with that mean/std, `engine.predict`.
+in the project's store. A checkpoint holds the weights, the config and the training mean/std;
+an MLflow source resolves to the model its run logged: the same weights, with the config and
+mean/std in the model's metadata. Images take the evaluation path: `load_image` (resize, centre
+crop), `BatchTransform` with that mean/std, `engine.predict`.
 """
 
-import contextlib
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +30,6 @@ from retino.training.engine import predict, resolve_device
 from retino.training.models import build_model
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
-CHECKPOINT_ARTIFACT = "checkpoints/best.pt"  # logged by retino.training.train beside the model
 PROBS = [f"p{g}" for g in range(len(GRADE_NAMES))]
 
 
@@ -51,36 +48,39 @@ class Predictor:
 def load_predictor(source: str, device: str = "auto") -> Predictor:
     """The model behind `source`, normalising its input as in training."""
     dev = resolve_device(device)
-    with _checkpoint_file(source) as (path, origin):
-        state = checkpoint.load(path, origin)
-    cfg = from_dict(state.config)
-    model = build_model(cfg.arch)  # the checkpoint holds every weight
-    model.load_state_dict(state.model)
-    mean, std = state.normalisation["mean"], state.normalisation["std"]
+    weights, config, normalisation, origin = _load(source)
+    cfg = from_dict(config)
+    model = build_model(cfg.arch)  # the source holds every weight
+    model.load_state_dict(weights)
+    mean, std = normalisation["mean"], normalisation["std"]
     transform = BatchTransform(mean, std, dev, None, dev.type == "cuda")
     return Predictor(model.to(dev).eval(), cfg, transform, origin)
 
 
-@contextlib.contextmanager
-def _checkpoint_file(source: str) -> Iterator[tuple[Path, str]]:
+def _load(source: str) -> tuple[dict, dict, dict, str]:
+    """(weights, config, normalisation, origin) of a checkpoint file or an MLflow source."""
     if Path(source).is_file():
-        yield Path(source), source
-        return
+        state = checkpoint.load(Path(source))
+        return state.model, state.config, state.normalisation, source
     if not source.startswith(("runs:/", "models:/")) and ("/" in source or source.endswith(".pt")):
         raise RetinoError(
             f"{source}: checkpoint file not found; train one (`dvc repro train`) or give "
-            "runs:/<id>/model, models:/<name>@<alias> or a DVC experiment name"
+            "runs:/<id>/<model>, models:/<name>@<alias> or a DVC experiment name"
         )
     # these import mlflow (seconds): only MLflow sources pay for it
-    from retino.tracking.queries import download_artifact
-    from retino.tracking.registry import resolve_run
+    from retino.tracking.registry import load_logged_model, resolve_run
     from retino.tracking.store import existing_store, project_root
 
     store = existing_store(project_root())
     run_id = resolve_run(store, source)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = download_artifact(store, run_id, CHECKPOINT_ARTIFACT, Path(tmp))
-        yield path, f"{source} (MLflow run {run_id})"
+    weights, metadata = load_logged_model(store, run_id)
+    if not {"config", "normalisation"} <= set(metadata):
+        raise RetinoError(
+            f"{source}: its model has no retino config and mean/std in its metadata "
+            "(logged by an older retino); use its models/best.pt"
+        )
+    origin = f"{source} (MLflow run {run_id})"
+    return weights, metadata["config"], metadata["normalisation"], origin
 
 
 def expand_inputs(items: list[Path]) -> list[Path]:

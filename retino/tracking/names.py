@@ -15,6 +15,7 @@ The UI's chart view makes a section of every metric prefix (the part before the 
 reports/train/history.csv keeps flat column names (train_acc, val_qwk, ...) for `dvc plots`.
 """
 
+import math
 from typing import Any
 
 SPLITS = ("train", "val", "test")
@@ -29,6 +30,13 @@ PER_GRADE = ("precision_", "recall_")
 def variant(arch: str, pretrained: Any) -> str:
     """resnet18-scratch, resnet50-pretrained: what ran, as the lab report names it."""
     return f"{arch}-{'scratch' if pretrained is False else 'pretrained'}"
+
+
+def headline_placeholders(select_metric: str) -> dict[str, float]:
+    """NaN ("not measured yet") under the headline names, logged as a run starts: the UI lists
+    metrics in the order first logged and its compare view opens on the first, which would
+    otherwise be the epoch's or MLflow's system metrics. The epochs and evaluate overwrite them."""
+    return dict.fromkeys((BEST_TEST_QWK, BEST_TEST_ACCURACY, f"best/{select_metric}"), math.nan)
 
 
 def epoch_metrics(row: dict[str, float]) -> dict[str, float]:

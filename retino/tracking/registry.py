@@ -1,12 +1,13 @@
-"""Model sources and the registry: which run a `--model` argument means; `retino register`."""
+"""Model sources and the registry: which run a `--model` argument means, the model it logged;
+`retino register`."""
 
+import tempfile
 from typing import Any
 
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
 from retino.errors import RetinoError
-from retino.tracking.runs import MODEL_NAME
 from retino.tracking.store import DEFAULT_EXPERIMENT, Store, retry
 
 
@@ -52,19 +53,43 @@ def _model_version(store: Store, uri: str) -> Any:
     raise RetinoError(f"{uri}: expected models:/<name>/<version> or models:/<name>@<alias>")
 
 
-def register_model(store: Store, run_id: str, name: str, alias: str | None = None) -> str:
-    """Register the model `Run.log_model` logged in `run_id` as a new version of `name`; point
-    `alias` at it. Returns the version."""
+def logged_model_id(store: Store, run_id: str) -> str:
+    """The id of the model `Run.log_model` logged in `run_id` (one per run, named after its
+    variant, e.g. resnet18-scratch)."""
     client = store.client
     try:
         run = retry(lambda: client.get_run(run_id))
     except MlflowException:
         raise RetinoError(f"MLflow run {run_id!r} not found in {store.uri}") from None
-    query = f"source_run_id = '{run_id}' AND name = '{MODEL_NAME}'"
+    query = f"source_run_id = '{run_id}'"
     logged = retry(lambda: client.search_logged_models([run.info.experiment_id], query))
     if not logged:
         raise RetinoError(f"MLflow run {run_id}: no logged model; only a finished train has one")
-    model_id = logged[0].model_id
+    return max(logged, key=lambda m: m.creation_timestamp).model_id
+
+
+def load_logged_model(store: Store, run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(state dict, metadata) of the model logged in `run_id`: the weights of the exported
+    program under the module's own names, and what the train step put in its MLmodel."""
+    import mlflow.pytorch  # seconds: only MLflow model sources pay for it
+
+    model_id = logged_model_id(store, run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{model_id}", dst_path=tmp, tracking_uri=store.uri
+            )
+        except (MlflowException, OSError):
+            raise RetinoError(f"MLflow run {run_id}: its model {model_id} cannot be read") from None
+        metadata = mlflow.models.Model.load(local).metadata or {}
+        return mlflow.pytorch.load_model(local).state_dict(), metadata
+
+
+def register_model(store: Store, run_id: str, name: str, alias: str | None = None) -> str:
+    """Register the model `Run.log_model` logged in `run_id` as a new version of `name`; point
+    `alias` at it. Returns the version."""
+    client = store.client
+    model_id = logged_model_id(store, run_id)
     try:
         try:
             retry(lambda: client.create_registered_model(name))

@@ -8,11 +8,13 @@ import contextlib
 import json
 import os
 import signal
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 import yaml
 from mlflow.exceptions import MlflowException
 
@@ -21,7 +23,13 @@ from retino.tracking.names import variant
 from retino.tracking.store import DEFAULT_EXPERIMENT, Store, git, open_store, retry
 
 INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
-MODEL_NAME = "model"  # the logged model's name in the run
+# Where and how a run executes, not what it learns: tags, so that params are the knobs worth
+# comparing. The device is "where" (the `device` tag names the one resolved from `auto`);
+# eval.batch_size only sets how many images one forward pass of a frozen model takes.
+SETUP_KEYS = ("data.num_workers", "train.device", "train.master_addr", "train.master_port",
+              "train.node_rank", "train.dist_timeout", "eval.batch_size")  # fmt: skip
+DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
+DATA_DVC = Path("data.dvc")  # the data version: its md5, relative to the stage's workspace
 
 
 class _Deferred:
@@ -80,7 +88,29 @@ class Run:
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self._guard.call(lambda: mlflow.log_artifact(str(path), artifact_path))
 
-    def log_model(self, model: Any, input_example: Any) -> None:
+    def log_image(self, path: Path, key: str) -> None:
+        """A PNG under `key` (step 0): the chart view's image grid shows a key across runs."""
+        from PIL import Image
+
+        with Image.open(path) as image:
+            image.load()
+        self._guard.call(lambda: mlflow.log_image(image, key=key, step=0, synchronous=True))
+
+    def log_dataset(self, split: str, table: pd.DataFrame, data_md5: str) -> None:
+        """A prepared split table as the run's input, in the UI's Dataset column: named after
+        the split, digest of the table, source the DVC-tracked data it was drawn from."""
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+
+        source = CodeDatasetSource({"dvc_data": "data.dvc", "dvc_md5": data_md5,
+                                    "table": f"prepared/{split}.csv"})  # fmt: skip
+        context = DATASET_CONTEXTS[split]
+        with warnings.catch_warnings():  # MLflow's schema hints on an int column: noise here
+            warnings.simplefilter("ignore")
+            dataset = mlflow.data.from_pandas(table, source=source, name=split, targets="label")
+            self._guard.call(lambda: mlflow.log_input(dataset, context=context))
+
+    def log_model(self, model: Any, input_example: Any, name: str, metadata: dict) -> None:
+        """The model, exported (pt2) with its signature; `metadata` lands in its MLmodel file."""
         import mlflow.pytorch  # 10 s import: only the train stage pays for it
         import torch
         import torchvision
@@ -89,9 +119,10 @@ class Run:
                         f"torchvision=={torchvision.__version__.split('+')[0]}"]  # fmt: skip
         self._guard.call(
             lambda: mlflow.pytorch.log_model(
-                model, name=MODEL_NAME, input_example=input_example, pip_requirements=requirements
+                model, name=name, input_example=input_example, pip_requirements=requirements,
+                metadata=metadata,
             )
-        )
+        )  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -101,8 +132,12 @@ def open_run(
     name: str | None = None,
     tags: dict[str, str] | None = None,
     experiment: str = DEFAULT_EXPERIMENT,
+    system_metrics: bool = False,
 ) -> Iterator[Run]:
     """Start a run (or reopen `run_id`) and end it FINISHED, FAILED on error, KILLED on interrupt.
+
+    `system_metrics`: sample CPU, memory, disk, network (and GPU, with nvidia-ml-py) as
+    system/... metrics while the run is open; the train stage turns it on.
 
     SIGTERM is turned into KeyboardInterrupt for the duration, so `kill` (and `dvc queue kill`)
     marks the run KILLED instead of leaving it RUNNING forever.
@@ -116,7 +151,7 @@ def open_run(
             active = guard.call(
                 lambda: mlflow.start_run(
                     run_id=run_id, experiment_id=None if run_id else experiment_id,
-                    run_name=name, tags=tags,
+                    run_name=name, tags=tags, log_system_metrics=system_metrics,
                 )
             )  # fmt: skip
         except MlflowException as err:
@@ -137,17 +172,45 @@ def open_run(
             signal.signal(sig, handler)
 
 
+def run_params(cfg_flat: dict[str, Any]) -> dict[str, Any]:
+    """The flattened config less the setup values (`SETUP_KEYS`, tags instead)."""
+    return {k: v for k, v in cfg_flat.items() if k not in SETUP_KEYS}
+
+
 def run_tags(cfg_flat: dict[str, Any]) -> dict[str, str]:
-    """Provenance: code version, DVC experiment, data version, model."""
+    """Provenance (code version, DVC experiment, data version, model), the setup values, and
+    a one-line description: the run page's note."""
     tags = {
         "git_commit": git(Path.cwd(), "rev-parse", "HEAD") or "unknown",
         "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
         "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
-        "data_md5": data_version(Path.cwd() / "data.dvc"),
+        "data_md5": data_version(DATA_DVC),
         "arch": str(cfg_flat["arch"]),
         "pretrained": str(cfg_flat["pretrained"]),
+        **{key: str(cfg_flat[key]) for key in SETUP_KEYS},
     }
+    tags["mlflow.note.content"] = describe(cfg_flat, tags["data_md5"], tags["dvc_exp_name"])
     return {k: v for k, v in tags.items() if v}
+
+
+def describe(cfg_flat: dict[str, Any], data_md5: str, exp_name: str) -> str:
+    """resnet50 pretrained (IMAGENET1K_V1), 224 px, 20 epochs, sgd lr 0.01 cosine, batch 64;
+    selects on val_qwk; data 3f2a1c0b; DVC experiment bandy-skin"""
+    c = cfg_flat
+    weights = {False: "from scratch", True: f"pretrained ({c['train.weights']})"}.get(
+        c["pretrained"], f"pretrained ({c['pretrained']})"
+    )
+    parts = [
+        f"{c['arch']} {weights}, {c['data.image_size']} px, {c['train.epochs']} epochs, "
+        f"{c['train.optimizer']} lr {c['train.lr']:g} {c['train.schedule']}, "
+        f"batch {c['train.batch_size']}"
+        + ("" if c["train.nproc"] == 1 else f" x {c['train.nproc']} processes"),
+        f"selects on {c['train.select_metric']}",
+        f"data {data_md5.removesuffix('.dir')[:8] or 'unversioned'}",
+    ]
+    if exp_name:
+        parts.append(f"DVC experiment {exp_name}")
+    return "; ".join(parts)
 
 
 def run_name(cfg_flat: dict[str, Any]) -> str:

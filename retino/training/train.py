@@ -29,8 +29,8 @@ from retino.data.dataset import (
     read_stats,
 )
 from retino.data.transforms import BatchTransform
-from retino.tracking.names import best_metrics, epoch_metrics
-from retino.tracking.runs import open_run, run_name, run_tags, write_run_file
+from retino.tracking.names import best_metrics, epoch_metrics, headline_placeholders, variant
+from retino.tracking.runs import open_run, run_name, run_params, run_tags, write_run_file
 from retino.tracking.store import project_root
 from retino.training import checkpoint
 from retino.training.checkpoint import BEST_FILE, RESUME_FILE, Checkpoint
@@ -107,10 +107,14 @@ def _train(
     flat = cfg.flat()
     root = project_root()
     select = cfg.train.select_metric
-    with open_run(root, run_id, run_name(flat), run_tags(flat)) as run:
+    tags = run_tags(flat) | {"device": _device_name(device), "world_size": str(job.world_size)}
+    with open_run(root, run_id, run_name(flat), tags, system_metrics=True) as run:
         (ckpt_dir / RUN_FILE).write_text(json.dumps({"run_id": run.run_id, "tag": tag}) + "\n")
         if run_id is None:
-            run.log_params(flat)
+            run.log_metrics(headline_placeholders(select), step=0)
+            run.log_params(run_params(flat))
+            for split in ("train", "val", "test") if cfg.train.track_test else ("train", "val"):
+                run.log_dataset(split, read_split(prepared, split), tags.get("data_md5", ""))
         if resume is not None:  # a kill may have come between checkpoint and logging
             run.log_epochs(_logged_epochs(resume.history, select))
 
@@ -123,13 +127,17 @@ def _train(
         result = fit(trainee, loaders, cfg, done, on_epoch, job)
         val_labels = loaders.val.dataset.labels.numpy()
         _publish(result, val_labels, ckpt_dir, models_dir, reports_dir, run.run_id)
-        run.log_artifact(models_dir / BEST_FILE, "checkpoints")
         run.log_artifact(reports_dir / "history.csv")
         model = trainee.model
         model.load_state_dict(checkpoint.load(models_dir / BEST_FILE).model)
         size = cfg.data.image_size
+        # best.pt once, as the model: its config and mean/std in the metadata are what
+        # `retino predict` needs besides the weights
+        metadata = {"config": cfg.to_dict(), "normalisation": normalisation,
+                    "best_epoch": result.best_epoch}  # fmt: skip
         # batch of 2: an example batch of 1 would freeze the exported graph to batch size 1
-        run.log_model(model.cpu().float(), np.zeros((2, 3, size, size), dtype=np.float32))
+        example = np.zeros((2, 3, size, size), dtype=np.float32)
+        run.log_model(model.cpu().float(), example, variant(cfg.arch, cfg.pretrained), metadata)
     _empty(ckpt_dir)  # finished: nothing left to resume
     print(f"best epoch {result.best_epoch}: {select} {result.best[select]:.4f}")
     return result
@@ -143,6 +151,13 @@ def _logged_epochs(history: list[dict[str, float]], select: str) -> dict[int, di
             best = row
         epochs[int(row["epoch"])] = best_metrics(best, select) | epoch_metrics(row)
     return epochs
+
+
+def _device_name(device: torch.device) -> str:
+    """What ran it: cpu, or cuda:0 (NVIDIA H100 80GB HBM3)."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
 
 
 def _trainee(

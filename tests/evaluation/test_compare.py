@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from retino.cli import main
+from retino.tracking.names import headline_placeholders
 from retino.tracking.runs import open_run
 
 
@@ -23,6 +24,7 @@ def log_run(root, arch, pretrained, acc, qwk, status_error=None, evaluated=True)
     tags = {"dvc_exp_name": f"exp-{arch}-{pretrained}"}
     try:
         with open_run(root, name=f"{arch}-{pretrained}", tags=tags) as run:
+            run.log_metrics(headline_placeholders("val_qwk"), step=0)  # as train does
             run.log_params(params)
             for epoch in (1, 2, 3):
                 curves = {"train/acc": 0.6 + 0.1 * epoch, "test/acc": acc - 0.1 + 0.05 * epoch}

@@ -170,7 +170,7 @@ def test_registry_round_trip(in_trained, tmp_path, capfd):
     images = sorted((in_trained / "data" / "images").iterdir())[:6]
     tables = {}
     sources = ["models/best.pt", "models:/retino-dr@champion", "models:/retino-dr/1",
-               f"runs:/{run_id}/model", "tiny-exp"]  # fmt: skip
+               f"runs:/{run_id}/resnet18-scratch", "tiny-exp"]  # fmt: skip
     for i, source in enumerate(sources):
         code, err = run_cli(["predict", *images, "--model", source,
                              "--out", tmp_path / f"{i}.csv"], capfd)  # fmt: skip

@@ -1,6 +1,7 @@
 """The train step: learning, MLflow logging, determinism, resume after kill -9, SIGTERM."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -55,10 +56,19 @@ def test_learns_and_logs_everything_to_mlflow(project):
     assert run["params.arch"] == "resnet18" and run["params.train.epochs"] == "3"
     assert run["tags.arch"] == "resnet18" and run["tags.pretrained"] == "False"
     assert run["tags.mlflow.runName"].startswith("resnet18-scratch-")
+    # setup values are tags: the params are what was tried
+    for key in ("train.master_port", "train.node_rank", "data.num_workers", "train.device"):
+        assert f"params.{key}" not in table and run[f"tags.{key}"] == str(cfg.flat()[key])
+    assert run["tags.device"] == "cpu" and run["tags.world_size"] == "1"
+    assert run["tags.mlflow.note.content"].startswith(
+        "resnet18 from scratch, 32 px, 3 epochs, adamw lr 0.003 cosine, batch 8; selects on val_qwk"
+    )
     client = mlflow.MlflowClient()
     logged = client.get_run(run_id).data.metrics
-    # the selection first (the UI shows metrics in logging order), then a section per split
-    assert list(logged)[:4] == ["best/val_qwk", "best/val_acc", "best/val_loss", "best/epoch"]
+    # the headline first (the UI lists metrics in logging order), then a section per split;
+    # best/test_* is NaN until the evaluate stage measures best.pt on test
+    assert list(logged)[:3] == ["best/test_qwk", "best/test_accuracy", "best/val_qwk"]
+    assert math.isnan(logged["best/test_qwk"]) and math.isnan(logged["best/test_accuracy"])
     for split in ("train", "val", "test"):
         for name in ("loss", "acc", "qwk"):
             values = client.get_metric_history(run_id, f"{split}/{name}")
@@ -67,16 +77,26 @@ def test_learns_and_logs_everything_to_mlflow(project):
             )
     assert logged["train/lr"] == history.lr.iloc[-1] and "train/images_per_s" in logged
     # best/ holds the best epoch so far at every step: its last value is the selection
-    running = [m.value for m in client.get_metric_history(run_id, "best/val_qwk")]
-    assert running == list(history.val_qwk.cummax())
+    running = client.get_metric_history(run_id, "best/val_qwk")
+    assert [m.value for m in running if m.step > 0] == list(history.val_qwk.cummax())
     assert logged["best/epoch"] == metrics["best_epoch"]
     assert logged["best/val_qwk"] == metrics["val_qwk"]
-    artifacts = {a.path for a in client.list_artifacts(run_id)}
-    assert {"checkpoints", "history.csv"} <= artifacts
-    assert {a.path for a in client.list_artifacts(run_id, "checkpoints")} == {"checkpoints/best.pt"}
-    model = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+    assert {a.path for a in client.list_artifacts(run_id)} == {"history.csv"}  # no best.pt copy
+    (logged_model,) = client.search_logged_models([run.experiment_id])
+    assert logged_model.name == "resnet18-scratch" and logged_model.source_run_id == run_id
+    model = mlflow.pytorch.load_model(f"models:/{logged_model.model_id}")
     assert model(torch.zeros(3, 3, 32, 32)).shape == (3, 5)  # any batch size, five grades
+    best = checkpoint.load(project / "models" / "best.pt")
+    assert all(torch.equal(v, best.model[k]) for k, v in model.state_dict().items())
     assert str(project / "mlruns") in run.artifact_uri
+
+    # the Dataset column: the split tables, by context, with the DVC data version as source
+    inputs = client.get_run(run_id).inputs.dataset_inputs
+    contexts = {i.tags[0].value: i.dataset for i in inputs}
+    assert {c: d.name for c, d in contexts.items()} == {
+        "training": "train", "validation": "val", "test": "test"
+    }  # fmt: skip
+    assert json.loads(contexts["training"].source)["tags"]["table"] == "prepared/train.csv"
 
 
 def test_same_seed_same_metrics(project):
@@ -147,9 +167,10 @@ def test_kill_9_then_resume_matches_uninterrupted_run(project):
     assert len(table) == 2  # the resumed training continued its own run
     assert set(table.status) == {"FINISHED"}
     run_id = json.loads((project / "crash" / "models" / "run.json").read_text())["run_id"]
-    for key in ("val/qwk", "best/val_qwk", "train/qwk"):
+    for key, steps in (("val/qwk", [1, 2, 3]), ("train/qwk", [1, 2, 3]),
+                       ("best/val_qwk", [0, 1, 2, 3])):  # fmt: skip
         history = mlflow.MlflowClient().get_metric_history(run_id, key)
-        assert sorted(m.step for m in history) == [1, 2, 3]  # each epoch logged once
+        assert sorted(m.step for m in history) == steps  # each epoch logged once (0: NaN)
 
 
 def test_sigterm_marks_run_killed_and_keeps_checkpoint(project):
