@@ -10,7 +10,7 @@
     history        one row of metrics per completed epoch
     tag            `fingerprint` of config and prepared data: resume only what was trained on them
     optimizer, scheduler, rng
-                   training state, in resume.pt and last.pt; None in best.pt
+                   training state, in resume.pt; None in best.pt
 
 No GradScaler state: CUDA runs use bf16 autocast, which needs no loss scaling.
 """

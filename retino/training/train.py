@@ -1,4 +1,4 @@
-"""The train step: prepared splits -> models/{best,last}.pt, history and metrics, one MLflow run.
+"""The train step: prepared splits -> models/best.pt, history and metrics, one MLflow run.
 
 It builds what `fit` trains with — model, loss, optimizer, schedule, loaders — restores them
 from the resume checkpoint when there is one, and persists every epoch through fit's callback.
@@ -235,8 +235,9 @@ def _publish(
     run_id: str,
 ) -> None:
     models_dir.mkdir(parents=True, exist_ok=True)
+    # the last epoch's resume state (optimizer included, ~3x best.pt) is not published:
+    # nothing reads it once training is over, and every experiment would cache a copy
     shutil.copy2(ckpt_dir / BEST_FILE, models_dir / BEST_FILE)
-    shutil.copy2(ckpt_dir / RESUME_FILE, models_dir / "last.pt")
     write_run_file(models_dir / RUN_FILE, run_id)
     reports_dir.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(result.history).to_csv(reports_dir / "history.csv", index=False)

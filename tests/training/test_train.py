@@ -44,7 +44,7 @@ def test_learns_and_logs_everything_to_mlflow(project):
     assert metrics["val_qwk"] == history.val_qwk.max()  # best.pt = best val QWK
     best = history[history.val_qwk == history.val_qwk.max()].iloc[0]
     assert metrics["best_epoch"] == best.epoch and metrics["train_qwk"] == best.train_qwk
-    assert (project / "models" / "best.pt").is_file() and (project / "models" / "last.pt").is_file()
+    assert sorted(p.name for p in (project / "models").iterdir()) == ["best.pt", "run.json"]
     assert list((project / "ckpt").iterdir()) == []  # finished: nothing to resume
 
     table = runs(project)
