@@ -6,6 +6,7 @@ flags bring it up in ~10-15 s on 2 cores instead of ~30: one worker, no job-exec
 """
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -20,10 +21,47 @@ from pathlib import Path
 from typing import IO, Any
 
 from retino.errors import RetinoError
+from retino.tracking.names import BEST_TEST_ACCURACY, BEST_TEST_QWK
 
 HOST = "127.0.0.1"  # loopback only: the UI has no authentication
 START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 15.0
+# The runs table that answers the lab's question: which variant, how good is best.pt on test,
+# best first. The UI restores a view saved in the experiment tag `mlflow.sharedViewState.<key>`
+# when its URL carries viewStateShareKey=<key> (what its "Share" button does).
+VIEW_KEY = "retino"
+_COLUMNS = [
+    "params.`arch`", "params.`pretrained`", f"metrics.`{BEST_TEST_QWK}`",
+    f"metrics.`{BEST_TEST_ACCURACY}`", "metrics.`best/val_qwk`", "metrics.`best/epoch`",
+]  # fmt: skip
+_SECTION = "retino-compare"
+VIEW = {
+    "orderByKey": f"metrics.`{BEST_TEST_QWK}`",
+    "orderByAsc": False,
+    "selectedColumns": [*_COLUMNS, "attributes.`Dataset`", "attributes.`Models`"],
+    # the answer first, the full run names readable
+    "columnOrder": ["attributes.`Run Name`", *_COLUMNS],
+    "columnWidths": {"attributes.`Run Name`": 300},
+    # the chart view: a first section with the comparison, then the UI's own section per
+    # metric prefix (best/, train/, val/, ...), which it adds to these
+    "isAccordionReordered": True,  # keep this section first
+    "compareRunSections": [{"uuid": _SECTION, "name": "Compare runs", "display": True,
+                            "isReordered": False, "deleted": False, "isGenerated": False}],
+    "compareRunCharts": [
+        {"uuid": "retino-test-qwk", "type": "BAR", "metricSectionId": _SECTION,
+         "metricKey": BEST_TEST_QWK,
+         "runsCountToCompare": 10, "deleted": False, "isGenerated": False},
+        {"uuid": "retino-qwk-curves", "type": "LINE", "metricSectionId": _SECTION,
+         "metricKey": "val/qwk", "selectedMetricKeys": ["train/qwk", "val/qwk"],
+         "xAxisKey": "step",
+         "scaleType": "linear", "xAxisScaleType": "linear", "lineSmoothness": 0,
+         "useGlobalXaxisKey": False, "useGlobalLineSmoothing": True,
+         "runsCountToCompare": 10, "deleted": False, "isGenerated": False},
+        {"uuid": "retino-confusion", "type": "IMAGE", "metricSectionId": _SECTION,
+         "imageKeys": ["confusion"], "step": 0, "showRunParams": False, "runsCountToCompare": 10,
+         "deleted": False, "isGenerated": False},
+    ],
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -112,7 +150,7 @@ def serve(port: int) -> int:
     """`retino ui`: serve the project's store until Ctrl-C (or SIGTERM / SIGHUP)."""
     start = time.monotonic()
     check_port(port)  # before paying seconds for the mlflow import below
-    from retino.tracking.store import is_server_uri, open_store, project_root, tracking_uri
+    from retino.tracking.store import is_server_uri, open_store, project_root, retry, tracking_uri
 
     root = project_root()
     uri = tracking_uri(root)
@@ -121,14 +159,16 @@ def serve(port: int) -> int:
         return 0
     # creates the schema and experiment under the store lock, so a training starting now
     # does not race the server's schema migration on a fresh store
-    open_store(root)
+    store, experiment_id = open_store(root)
+    tag = f"mlflow.sharedViewState.{VIEW_KEY}"
+    retry(lambda: store.client.set_experiment_tag(experiment_id, tag, json.dumps(VIEW)))
     # SIGINT too: a shell starts background jobs with it ignored, and Ctrl-C must still work
     stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {sig: signal.signal(sig, _interrupt) for sig in stops}
     try:
         with mlflow_server(uri, root / "mlruns", port) as server:
-            print(f"MLflow UI: {server.url}  (store {uri}, up in {time.monotonic() - start:.0f} s;"
-                  " Ctrl-C stops it)", flush=True)  # fmt: skip
+            print(f"MLflow UI: {runs_page(server.url, experiment_id)}\n  (store {uri}, up in "
+                  f"{time.monotonic() - start:.0f} s; Ctrl-C stops it)", flush=True)  # fmt: skip
             status = server.process.wait()
             raise RetinoError(f"mlflow server stopped by itself with status {status}")
     except KeyboardInterrupt:
@@ -137,6 +177,12 @@ def serve(port: int) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def runs_page(url: str, experiment_id: str) -> str:
+    """The experiment's runs (not the GenAI overview it opens on), as the table `VIEW`."""
+    return (f"{url}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey={VIEW_KEY}")  # fmt: skip
 
 
 def _interrupt(signum: int, frame: Any) -> None:

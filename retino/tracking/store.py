@@ -112,9 +112,11 @@ def retry(call: Callable[[], Any], attempts: int = 8) -> Any:
 
 
 def _quiet() -> None:
-    # artifact downloads draw a tqdm bar per file, and a new store logs its schema set-up: noise
+    # artifact downloads draw a tqdm bar per file, a new store logs its schema set-up, and the
+    # system metrics monitor its start and stop: noise
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    for name in ("mlflow.store.db.utils", "mlflow.system_metrics"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def git(cwd: Path, *args: str) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+from torchvision.models import resnet50
 
 from tests.dvc_project import make_project, project_env, run
 from tests.training.test_models import random_imagenet_weights
@@ -111,10 +112,13 @@ def max_overlap(runs: pd.DataFrame) -> int:
 def test_queued_grid_runs_two_at_a_time_into_the_root_store(tmp_path, tiny_source):
     project = make_project(tmp_path / "project", tiny_source)
     torch_home = tmp_path / "torch"
-    random_imagenet_weights(torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
+    weights = torch_home / "hub" / "checkpoints"
+    random_imagenet_weights(weights / "resnet18-f37072fd.pth")
+    random_imagenet_weights(weights / "resnet50-0676ba61.pth", resnet50)
     env = project_env(project, TORCH_HOME=str(torch_home))
-    queued = run(["dvc", "exp", "run", "--queue", "-S", "pretrained=true,false", "-S", "seed=1,2"],
-                 project, env)  # fmt: skip
+    # the lab report's grid
+    grid = ["-S", "arch=resnet18,resnet50", "-S", "pretrained=true,false"]
+    queued = run(["dvc", "exp", "run", "--queue", *grid], project, env)
     names = re.findall(r"Queued experiment '([^']+)'", queued)
     assert len(names) == 4, queued
 
@@ -144,10 +148,16 @@ def test_queued_grid_runs_two_at_a_time_into_the_root_store(tmp_path, tiny_sourc
     assert sorted(runs["tags.dvc_exp_name"]) == sorted(names)
     for _, logged in runs.iterrows():  # what ran, then which DVC experiment
         kind = "pretrained" if logged["params.pretrained"] == "True" else "scratch"
-        assert logged["tags.mlflow.runName"] == f"resnet18-{kind}-{logged['tags.dvc_exp_name']}"
+        variant = f"{logged['params.arch']}-{kind}"
+        assert logged["tags.mlflow.runName"] == f"{variant}-{logged['tags.dvc_exp_name']}"
     assert set(runs.status) == {"FINISHED"}
-    grid = set(zip(runs["params.pretrained"], runs["params.seed"], strict=True))
-    assert grid == {("True", "1"), ("True", "2"), ("False", "1"), ("False", "2")}
+    ran = set(zip(runs["params.arch"], runs["params.pretrained"], strict=True))
+    assert ran == {(a, p) for a in ("resnet18", "resnet50") for p in ("True", "False")}
+    # what the UI's sort does: best.pt's test QWK ranks the four
+    by_qwk = ["metrics.`best/test_qwk` DESC"]
+    ranked = mlflow.search_runs(experiment_names=["retino"], order_by=by_qwk)
+    qwk = "metrics.best/test_qwk"
+    assert list(ranked[qwk]) == sorted(runs[qwk], reverse=True) and ranked[qwk].notna().all()
     assert max_overlap(runs) == 2  # -j 2 really ran two at once against the fresh store
 
     # each MLflow run holds the test metrics of its own DVC experiment

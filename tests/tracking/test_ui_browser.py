@@ -1,13 +1,17 @@
-"""`retino ui` serves the project's runs; a real browser shows their names and metrics.
+"""`retino ui` and `dvc plots show` as a user opens them, in a real browser.
 
-The runs are logged straight through retino.tracking.runs: no training. The browser is Debian's
-`chromium` + `chromium-driver`, driven by Selenium. Without them the browser test skips on a
-developer machine, but fails under CI (CI=true), where .ci/run installs them.
+The store holds a 2x2 grid logged through retino.tracking (tests/tracking/ui_runs.py): no
+training. The browser is Debian's `chromium` + `chromium-driver`, driven by Selenium, with every
+host name but loopback unresolvable: nothing may leave the machine. Without them the browser
+tests skip on a developer machine, but fail under CI (CI=true), where .ci/run installs them.
+With RETINO_SCREENSHOTS=<folder> the views the README shows are also saved there (docs/).
 The UI is started once for the module; the Ctrl-C test stops it, so it comes last.
 """
 
 import contextlib
+import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -18,16 +22,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import numpy as np
+import pandas as pd
 import pytest
 
-from retino.tracking.runs import open_run
-from tests.dvc_project import project_env
+from retino.evaluation.plots import plot_confusion, plot_curves
+from tests.conftest import ROOT
+from tests.dvc_project import project_env, run
+from tests.tracking.ui_runs import GRID, confusion, history, log_grid, ranked, run_names
 
-RUNS = {"resnet18-pretrained-ui": 0.8125, "resnet50-scratch-ui": 0.6875}  # name: test accuracy
 RETINO = str(Path(sys.executable).with_name("retino"))
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--window-size=1600,1000",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",  # loopback only
 )  # fmt: skip
 
 
@@ -36,6 +44,7 @@ class Ui:
     root: Path
     port: int
     url: str
+    link: str  # what `retino ui` prints: the runs page, as the README's view
     process: subprocess.Popen
     log: Path
 
@@ -57,15 +66,6 @@ def wait_for(condition, timeout: float, what: str, every: float = 0.25):
         time.sleep(every)
 
 
-def log_runs(root: Path) -> None:
-    for name, accuracy in RUNS.items():
-        with open_run(root, name=name) as run:
-            run.log_params({"arch": name.split("-")[0]})
-            for epoch in (1, 2, 3):
-                run.log_metrics({"val_qwk": 0.1 * epoch}, step=epoch)
-            run.log_metrics({"test_accuracy": accuracy})
-
-
 def children(pid: int) -> list[int]:
     text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
     return [int(p) for p in text.split()]
@@ -73,14 +73,15 @@ def children(pid: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory):
-    """`retino ui` in a git workspace with two runs in its store (root = the git top level)."""
+    """`retino ui` in a git workspace with the 2x2 grid in its store (root = git top level)."""
     root = tmp_path_factory.mktemp("ui")
     subprocess.run(["git", "init", "-q"], cwd=root, check=True, timeout=30)
+    (root / "figures").mkdir()
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.delenv("DVC_ROOT", raising=False)
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        log_runs(root)
+        log_grid(root, root / "figures")
     port = free_port()
     log = root / "ui.log"
     with open(log, "w") as out:
@@ -90,11 +91,15 @@ def ui(tmp_path_factory):
     try:
         start = time.monotonic()
         url = f"http://127.0.0.1:{port}"
-        up = lambda: process.poll() is not None or f"MLflow UI: {url}" in log.read_text()  # noqa: E731
-        wait_for(up, 240, "retino ui to print its URL")
+
+        def printed():
+            done = process.poll() is not None
+            return done or re.search(rf"MLflow UI: ({re.escape(url)}/\S+)", log.read_text())
+
+        found = wait_for(printed, 240, "retino ui to print its URL")
         assert process.poll() is None, log.read_text()
         print(f"retino ui: URL printed after {time.monotonic() - start:.1f} s")
-        yield Ui(root, port, url, process, log)
+        yield Ui(root, port, url, found.group(1), process, log)
     finally:
         if process.poll() is None:  # the Ctrl-C test did not run or failed: stop it all
             for pid in children(process.pid):
@@ -109,7 +114,12 @@ def test_ui_serves_the_project_store(ui):
     experiment = client.get_experiment_by_name("retino")
     assert experiment.artifact_location == (ui.root / "mlruns").as_uri()
     runs = client.search_runs([experiment.experiment_id])
-    assert {r.info.run_name: r.data.metrics["test_accuracy"] for r in runs} == RUNS
+    assert {r.data.tags["dvc_exp_name"]: r.info.run_name for r in runs} == run_names()
+    # the printed link: the runs page in model-training mode, with the view retino saved
+    assert ui.link == (f"{ui.url}/#/experiments/{experiment.experiment_id}/runs"
+                       "?workflowType=machine_learning&viewStateShareKey=retino")  # fmt: skip
+    view = json.loads(experiment.tags["mlflow.sharedViewState.retino"])
+    assert view["orderByKey"] == "metrics.`best/test_qwk`" and view["orderByAsc"] is False
 
 
 def test_busy_port_is_a_one_line_error(ui):
@@ -144,19 +154,22 @@ def browser():
     return driver
 
 
-def show(driver, url: str, *texts: str) -> str:
-    """Open `url` and wait until the page shows every text: a single-page app, so poll."""
+def page_text(driver) -> str:
     from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
 
-    def shown() -> str:
-        try:
-            text = driver.find_element(By.TAG_NAME, "body").text
-        except WebDriverException:  # the page is being re-rendered
-            return ""
-        return text if all(t in text for t in texts) else ""
+    try:
+        return driver.find_element(By.TAG_NAME, "body").text
+    except WebDriverException:  # the page is being re-rendered
+        return ""
+
+
+def show(driver, url: str, *texts: str) -> str:
+    """Open `url` and wait until the page shows every text: a single-page app, so poll."""
+    from selenium.webdriver.common.by import By
 
     driver.get(url)
+    shown = lambda: (lambda t: t if all(x in t for x in texts) else "")(page_text(driver))  # noqa: E731
     text = wait_for(shown, 90, f"{texts} on {url}")
     # the Assistant side panel opens by default and covers a third of the page
     for button in driver.find_elements(
@@ -166,27 +179,136 @@ def show(driver, url: str, *texts: str) -> str:
     return text
 
 
-def test_browser_shows_runs_and_metrics(ui, tmp_path):
+def screenshot(driver, name: str, folder: Path) -> None:
+    """`name` in `folder`, and in $RETINO_SCREENSHOTS when set (the README's figures)."""
+    time.sleep(1)  # closing animations and chart transitions
+    driver.save_screenshot(str(folder / name))
+    if os.environ.get("RETINO_SCREENSHOTS"):
+        shutil.copy(folder / name, Path(os.environ["RETINO_SCREENSHOTS"], name))
+
+
+def test_link_opens_runs_ranked_by_test_qwk(ui, tmp_path):
     driver = browser()
-    experiment = mlflow.MlflowClient(tracking_uri=ui.url).get_experiment_by_name("retino")
-    run = mlflow.MlflowClient(tracking_uri=ui.url).search_runs(
-        [experiment.experiment_id], "attributes.run_name = 'resnet18-pretrained-ui'"
-    )[0]
-    runs_page = f"{ui.url}/#/experiments/{experiment.experiment_id}/runs"
     try:
-        # the runs list as charts: a chart per metric, titled by its name, a bar per run
-        show(driver, f"{runs_page}?workflowType=machine_learning&compareRunsMode=CHART",
-             *RUNS, "test_accuracy", "val_qwk", "0.81", "0.69")  # fmt: skip
-        time.sleep(1)  # the panel's closing animation
-        driver.save_screenshot(str(tmp_path / "runs-charts.png"))
-        # the run page: its metrics table, exact values
-        show(driver, f"{runs_page}/{run.info.run_id}", "resnet18-pretrained-ui", "test_accuracy",
-             "0.8125", "Finished")  # fmt: skip
-        time.sleep(1)
-        driver.save_screenshot(str(tmp_path / "run.png"))
+        show(driver, ui.link, *run_names().values(), "arch", "pretrained", "best/test_qwk",
+             "best/test_accuracy", "Dataset")  # fmt: skip
+        # the table, row by row (the grid draws pinned and scrolling columns apart)
+        cells = """const rows = {};
+            for (const cell of document.querySelectorAll('.ag-row [col-id]')) {
+                const row = cell.closest('.ag-row').getAttribute('row-index');
+                (rows[row] = rows[row] || {})[cell.getAttribute('col-id')] = cell.innerText;
+            }
+            return Object.keys(rows).sort((a, b) => a - b).map(k => rows[k]);"""
+        table = driver.execute_script(cells)
+        names = [row["attributes.`Run Name`"].splitlines()[-1] for row in table]  # after a colour
+        # best.pt's test QWK ranks the runs; each name says which variant ran
+        assert names == ranked(), table
+        for name, row in zip(names, table, strict=True):
+            arch, pretrained, qwk, _ = GRID[name.split("-", 2)[2]]
+            assert row["params.`arch`"] == arch and row["params.`pretrained`"] == str(pretrained)
+            assert row["metrics.`best/test_qwk`"] == f"{qwk:.2f}"
+            # the Dataset column: the split tables by context
+            assert "train (" in row["attributes.`Dataset`"]
+            assert "Training" in row["attributes.`Dataset`"]
+        screenshot(driver, "mlflow-runs-table.png", tmp_path)
     finally:
         driver.quit()
-    print(f"screenshots: {tmp_path / 'runs-charts.png'}, {tmp_path / 'run.png'}")
+
+
+def chart_sections(text: str) -> dict[str, int]:
+    """Section title -> number of charts, as the chart view lists them: 'best\\n(6)'."""
+    return {name: int(n) for name, n in re.findall(r"^([^\n]+)\n\((\d+)\)$", text, re.M)}
+
+
+def test_charts_by_section_and_confusion_image_grid(ui, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    driver = browser()
+    try:
+        text = show(driver, f"{ui.link}&compareRunsMode=CHART", "Compare runs", "best/test_qwk",
+                    "train/qwk vs val/qwk", "confusion")  # fmt: skip
+        sections = chart_sections(text)
+        assert next(iter(sections)) == "Compare runs"  # the comparison, then one per prefix
+        assert {"best", "train", "val", "test", "per_grade"} <= set(sections), sections
+        assert sections["per_grade"] == 10 and sections["Compare runs"] == 3
+        screenshot(driver, "mlflow-charts.png", tmp_path)
+
+        # the confusion matrices side by side: one image per run, each loaded
+        card = "//*[text()='confusion']/ancestor::div[.//button][1]"
+        driver.find_element(By.XPATH, f"{card}//*[@data-component-id="
+                            "'fullscreen_button_chartcard']").click()  # fmt: skip
+        loaded = """return [...document.querySelectorAll('[role=dialog] img')]
+            .filter(i => i.src.includes('confusion') && i.complete && i.naturalWidth > 0)
+            .length"""
+        wait_for(lambda: driver.execute_script(loaded) == len(GRID), 60, "4 confusion images")
+        dialog = page_text(driver)
+        assert all(name in dialog for name in run_names().values())
+        screenshot(driver, "mlflow-confusion-grid.png", tmp_path)
+    finally:
+        driver.quit()
+
+
+def plots_project(root: Path) -> Path:
+    """A git + DVC repo with this project's dvc.yaml and .dvc/config [plots] section, the
+    offline template, and the plot files a finished pipeline leaves (made up here)."""
+    run(["git", "init", "-q"], root, project_env())
+    run(["dvc", "init", "-q"], root, project_env())
+    shutil.copy2(ROOT / "dvc.yaml", root / "dvc.yaml")
+    shutil.copytree(ROOT / "docs", root / "docs", ignore=shutil.ignore_patterns("*.png"))
+    template = re.search(r"html_template = (\S+)", (ROOT / ".dvc" / "config").read_text())
+    assert template, ".dvc/config names no plots.html_template"
+    run(["dvc", "config", "plots.html_template", template.group(1)], root, project_env())
+    table = pd.DataFrame(history(0.8))
+    (root / "reports" / "train").mkdir(parents=True)
+    table.to_csv(root / "reports" / "train" / "history.csv", index=False)
+    cm = confusion(0.8)
+    labels = np.repeat(np.arange(5), cm.sum(1))
+    predicted = np.concatenate([np.repeat(np.arange(5), row) for row in cm])
+    (root / "reports" / "eval").mkdir(parents=True)
+    pd.DataFrame({"image": [f"images/{i}.jpeg" for i in range(len(labels))], "label": labels,
+                  "predicted": predicted}).to_csv(root / "reports/eval/predictions.csv",
+                                                  index=False)  # fmt: skip
+    plot_curves(table, root / "reports/figures/curves.png")
+    plot_confusion(cm, root / "reports/figures/confusion.png")
+    return root
+
+
+def test_dvc_plots_draw_offline(tmp_path):
+    from selenium.webdriver.common.by import By
+
+    project = plots_project(tmp_path)
+    run(["dvc", "plots", "show"], project, project_env(), timeout=120)  # no flag: the config
+    page = project / "dvc_plots" / "index.html"
+    assert "cdn.jsdelivr.net" not in page.read_text()
+    driver = browser()
+    try:
+        driver.get(page.as_uri())
+        # every Vega chart drawn: a canvas with coloured pixels (marks, not just a blank frame)
+        drawn = """return [...document.querySelectorAll('.vega-embed')].map(e => {
+            const c = e.querySelector('canvas');
+            if (!c || !c.width) return 0;
+            const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let marks = 0;
+            for (let i = 0; i < px.length; i += 4)
+                if (px[i + 3] > 0 && (px[i] < 200 || px[i + 1] < 200 || px[i + 2] < 200)) marks++;
+            return marks;
+        })"""
+        charts = wait_for(lambda: (lambda m: m if len(m) >= 4 and all(m) else None)(
+            driver.execute_script(drawn)), 60, "the Vega charts to draw")  # fmt: skip
+        ids = [e.get_attribute("id") for e in driver.find_elements(By.CSS_SELECTOR, "div[id]")]
+        assert {"Accuracy", "QWK", "Loss"} <= set(ids), ids
+        assert any(i.startswith("Confusion") for i in ids), ids
+        print(f"{len(charts)} charts, pixels drawn: {charts}")
+        images = "return [...document.images].filter(i => i.naturalWidth > 0).length"
+        assert driver.execute_script(images) == 2  # reports/figures/*.png
+        # nothing was fetched from anywhere but the page itself
+        fetched = driver.execute_script(
+            "return performance.getEntriesByType('resource').map(r => r.name)"
+        )
+        assert all(name.startswith("file:") for name in fetched), fetched
+        screenshot(driver, "dvc-plots.png", tmp_path)
+    finally:
+        driver.quit()
 
 
 def test_ctrl_c_stops_ui_and_server(ui):
