@@ -100,7 +100,7 @@ def bench_input(data: Path, size: int, batch_size: int, batches: int) -> dict:
                          step, device))  # fmt: skip
     rows.append(_run("lab-report, memory kept", baseline, batches, baseline_step, device))
 
-    workers = default_workers(-1)
+    workers = default_workers(-1, device.type == "cuda")
     title = f"retino bench input: {size} px, batch {batch_size}, {batches} batches timed"
     title += f" ({len(table)} train images, stored {stored[0]}x{stored[1]})"
     notes = [
@@ -168,7 +168,7 @@ def bench_train(data: Path, arch: str, size: int, batch_size: int, batches: int)
         retino, flops = retino_run(cached)
     rows += [retino, baseline_run("lab-report, memory kept")]
 
-    workers = default_workers(-1)
+    workers = default_workers(-1, cuda)
     precision = "bf16 autocast, channels_last" if cuda else "fp32"
     notes = [
         f"lab-report: {_baseline_description(size, stored)}, no workers, batch_size={batch_size}; "
@@ -219,7 +219,8 @@ def _cache(table: pd.DataFrame, data: Path, size: int) -> Iterator[tuple[CachedI
 
 
 def _loader(cached: CachedImages, batch_size: int, device: torch.device) -> DataLoader:
-    return make_loader(cached, batch_size, True, default_workers(-1), device.type == "cuda")
+    cuda = device.type == "cuda"
+    return make_loader(cached, batch_size, True, default_workers(-1, cuda), cuda)
 
 
 def _full_decode_resize(path: Path, size: int) -> None:

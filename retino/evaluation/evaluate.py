@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from retino.data.cache import open_index
-from retino.data.dataset import CachedSplit
+from retino.data.dataset import CachedSplit, default_workers
 from retino.evaluation.predict import PROBS, Predictor, load_predictor, loader_for, write_gallery
 from retino.metrics import classification_metrics, confusion, normalise_rows
 from retino.training.engine import predict
@@ -17,8 +17,9 @@ from retino.training.engine import predict
 
 def predict_split(pred: Predictor, cached: CachedSplit) -> pd.DataFrame:
     """Predictions for a cached split: image, label, predicted grade, p0..p4."""
-    labels, probs = predict(pred.model, loader_for(cached, pred.cfg.eval.batch_size),
-                            pred.transform, desc=cached.split)  # fmt: skip
+    workers = default_workers(pred.cfg.data.num_workers, pred.transform.device.type == "cuda")
+    loader = loader_for(cached, pred.cfg.eval.batch_size, workers)
+    labels, probs = predict(pred.model, loader, pred.transform, desc=cached.split)
     predictions = pd.DataFrame(
         {"image": cached.table["path"], "label": labels, "predicted": probs.argmax(1)}
     )

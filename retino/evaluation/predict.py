@@ -22,10 +22,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from retino.config import Config, from_dict
-from retino.data.dataset import default_workers, make_loader
+from retino.data.dataset import make_loader
 from retino.data.fundus import preprocess_image
 from retino.data.images import ImageError
 from retino.data.transforms import BatchTransform
+from retino.data.validation import cpu_workers
 from retino.errors import RetinoError
 from retino.evaluation.cam import GradCAM, overlay
 from retino.grades import GRADE_NAMES, REFERABLE_GRADE
@@ -123,8 +124,7 @@ def expand_inputs(items: list[Path]) -> list[Path]:
     return paths
 
 
-def loader_for(dataset: Dataset, batch_size: int) -> DataLoader:
-    workers = default_workers(-1) if len(dataset) > batch_size else 0  # pays from batch two on
+def loader_for(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:
     return make_loader(dataset, batch_size, False, workers, pin_memory=False)
 
 
@@ -134,7 +134,10 @@ def predict_images(
     """One row per readable image (path, grade, grade_name, p0..p4, referable), and
     (path, error) for each image that could not be read."""
     photos = pred.photos(paths)
-    loader = loader_for(photos, batch_size or pred.cfg.eval.batch_size)
+    batch_size = batch_size or pred.cfg.eval.batch_size
+    # photographs are decoded here: workers pay for themselves from the second batch on
+    workers = min(cpu_workers(), 8) if len(photos) > batch_size else 0
+    loader = loader_for(photos, batch_size, workers)
     index, probs = predict(pred.model, loader, pred.transform)
     ok = index >= 0
     failed = [(p, _read_error(photos, i)) for i, p in enumerate(paths) if not ok[i]]

@@ -153,7 +153,7 @@ def _trainee(
 
 
 def _loaders(cfg: Config, prepared: Path, cache: Path, pin: bool, job: Dist) -> Loaders:
-    workers = default_workers(cfg.data.num_workers)
+    workers = default_workers(cfg.data.num_workers, pin)
 
     def loader(split: str, batch_size: int, shuffle: bool):
         dataset = CachedSplit(cache, prepared, split)
