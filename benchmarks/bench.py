@@ -1,29 +1,33 @@
-"""`retino bench input|train`: retino's fast path timed side by side with the lab report's loop.
+"""`retino bench input|train`: retino's input path and train step timed side by side with the lab
+report's loader and loop, in one process, on the train images of a dataset (any layout).
 
-Both paths run in this one process on the train images of a lab-layout dataset, each after a
-warm-up and timed from the start of an epoch (a prefetching loader gets no head start), looping
-epochs when --batches asks for more than one holds:
+- lab-report: the lab report's loader and step as they were (benchmarks/baseline.py): every
+  epoch opens each full photograph with PIL, resizes it to --size (a camera frame: the shorter
+  side, then a centre crop), flips, ToTensor; no workers.
+- full decode + resize, and preprocess (1 process): the cost per image of decoding the
+  photograph at full size then resizing, against retino's `preprocess_image` (scaled decode,
+  disc crop, resize) — what the one-time preprocess stage pays per image.
+- preprocess stage: `cache_images` with a process per core writing the uint8 cache.
+- retino: an epoch reading that cache (CachedImages + make_loader, a worker per core, pinned
+  memory on CUDA) + BatchTransform with the lab report's flips; `train` adds the engine's step
+  (AdamW, bf16 autocast + channels_last on CUDA) with the same model.
 
-- lab-report: the lab report's loader and step as they were (benchmarks/baseline.py), plus a PIL
-  Resize when --size differs from the stored images, so both paths deliver the same shape.
-- retino: FundusDataset + make_loader (a worker per core, pinned memory on CUDA) + BatchTransform
-  with the lab report's flips; `train` adds the engine's step (AdamW, bf16 autocast +
-  channels_last on CUDA) with the same model.
+Loaders are timed after a warm-up, from the start of an epoch, looping epochs when --batches asks
+for more than one holds. The lab-report loop runs first because `make_loader` sets the process to
+keep freed memory (`retain_freed_memory`); a last row times it again under that setting, to show
+what share of the gain is the allocator.
 
-The lab-report loop runs first because `make_loader` sets the process to keep freed memory
-(`retain_freed_memory`); a last reference row times the lab-report loop again under that setting,
-which shows what share of the gain is the allocator and what share the pipeline.
-
-stdout: a table, then one JSON line (always the last) with baseline_images_per_s,
-retino_images_per_s, ratio and device. Progress goes to stderr.
+stdout: the tables, then one JSON line (always the last). Progress goes to stderr.
 """
 
 import json
 import os
 import platform
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,9 +39,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.baseline import lab_report_loader, lab_report_step
 from retino.config import AugmentConfig, TrainConfig
-from retino.data.dataset import FundusDataset, default_workers, make_loader
-from retino.data.layouts import validate
+from retino.data.dataset import CachedImages, default_workers, make_loader
+from retino.data.fundus import preprocess_image
+from retino.data.layouts import read_layout
+from retino.data.preprocess import cache_images
 from retino.data.transforms import BatchTransform
+from retino.data.validation import DEFAULT_MAX_PIXELS, cpu_workers
 from retino.errors import RetinoError
 from retino.training.models import build_model
 
@@ -45,7 +52,7 @@ WARMUP_BATCHES = 3  # the heap, the page cache and the workers reach a steady st
 LAB_REPORT_FLIPS = AugmentConfig(
     hflip=0.5, vflip=0.5, rotation=0.0, scale_min=1.0, color_jitter=0.0
 )
-# The raw dataset has no prepared/stats.json; any mean/std costs the same.
+# The raw dataset has no normalisation statistics; any mean/std costs the same.
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 # dense bf16 peaks (datasheets), by a part of torch.cuda.get_device_name(); H100 PCIe is lower
 PEAK_BF16_FLOPS = {"H100 80GB HBM3": 989e12, "H100 SXM": 989e12, "H200": 989e12}
@@ -68,41 +75,53 @@ class Timing:
 
 
 def bench_input(data: Path, size: int, batch_size: int, batches: int) -> dict:
-    """Loader throughput: images/s of the normalised (retino) or ToTensor (lab report) batches."""
+    """Loader throughput (normalised retino batches vs the lab report's ToTensor batches), and
+    what decoding costs once per image against every epoch."""
     device = _device()
     table, stored = bench_images(data, batch_size, batches)
-    print(f"timing input pipelines on {len(table)} train images of {data}", file=sys.stderr)
+    paths = [Path(data) / p for p in table["path"]]
+    print(f"timing input paths on {len(table)} train images of {data}", file=sys.stderr)
 
     def baseline_step(x: torch.Tensor, y: torch.Tensor) -> None:
         x.to(device)
 
-    def retino_run() -> Timing:  # its loader, and with it the workers, end on return
-        loader = retino_loader(table, data, size, batch_size, device)
+    baseline = lab_report_loader(table, data, size, batch_size, stored)
+    rows = [_run("lab-report loader", baseline, batches, baseline_step, device)]
+    full = _per_image(paths, lambda p: _full_decode_resize(p, size))
+    scaled = _per_image(paths, lambda p: preprocess_image(p, size, "none", DEFAULT_MAX_PIXELS))
+    with _cache(table, data, size) as (cached, stage_rate):
         transform = BatchTransform(MEAN, STD, device, LAB_REPORT_FLIPS, device.type == "cuda")
         generator = torch.Generator().manual_seed(0)
 
         def step(x: torch.Tensor, y: torch.Tensor) -> None:
             transform(x, generator)
 
-        return _run("retino loader", loader, batches, step, device)
-
-    baseline = lab_report_loader(table, data, size, batch_size, stored)
-    rows = [_run("lab-report loader", baseline, batches, baseline_step, device)]
-    rows.append(retino_run())
+        rows.append(_run("retino loader (cache)", _loader(cached, batch_size, device), batches,
+                         step, device))  # fmt: skip
     rows.append(_run("lab-report, memory kept", baseline, batches, baseline_step, device))
 
-    workers = default_workers(-1)
+    workers = default_workers(-1, device.type == "cuda")
+    title = f"retino bench input: {size} px, batch {batch_size}, {batches} batches timed"
+    title += f" ({len(table)} train images, stored {stored[0]}x{stored[1]})"
     notes = [
         f"lab-report: {_baseline_description(size, stored)}, no workers, batch_size={batch_size}",
-        f"retino: FundusDataset + make_loader ({workers} workers"
+        f"retino: the uint8 cache + make_loader ({workers} workers"
         f"{', pinned' if device.type == 'cuda' else ''}) + BatchTransform "
         "(flips p=0.5, uint8 -> normalised float)",
         "lab-report, memory kept: the lab report's loader again after retino set the process "
         "to keep freed memory (reference only)",
     ]
-    title = f"retino bench input: {size} px, batch {batch_size}, {batches} batches timed"
-    title += f" ({len(table)} train images)"
-    return _report(title, rows, notes, device)
+    decode_rows = [
+        ("full decode + resize, 1 process", full),
+        ("preprocess_image, 1 process", scaled),
+        (f"preprocess stage, {cpu_workers()} processes", stage_rate),
+    ]
+    extra = {
+        "full_decode_images_per_s": round(full, 2),
+        "preprocess_images_per_s": round(stage_rate, 2),
+        "preprocess_ratio": round(scaled / full, 2),  # one process each: what scaling buys
+    }
+    return _report(title, rows, notes, device, decode_rows=decode_rows, extra=extra)
 
 
 def bench_train(data: Path, arch: str, size: int, batch_size: int, batches: int) -> dict:
@@ -113,8 +132,8 @@ def bench_train(data: Path, arch: str, size: int, batch_size: int, batches: int)
 
     device = _device()
     cuda = device.type == "cuda"
-    table, stored = bench_images(data, batch_size, batches)
     build_model(arch)  # an unknown arch fails before anything is timed
+    table, stored = bench_images(data, batch_size, batches)
     print(f"timing {arch} train steps on {len(table)} train images of {data}", file=sys.stderr)
 
     def baseline_run(name: str) -> Timing:
@@ -125,7 +144,7 @@ def bench_train(data: Path, arch: str, size: int, batch_size: int, batches: int)
         loader = lab_report_loader(table, data, size, batch_size, stored)
         return _run(name, loader, batches, step, device)
 
-    def retino_run() -> tuple[Timing, float | None]:
+    def retino_run(cached: CachedImages) -> tuple[Timing, float | None]:
         torch.manual_seed(0)
         transform = BatchTransform(MEAN, STD, device, LAB_REPORT_FLIPS, channels_last=cuda)
         model = build_model(arch).to(device, memory_format=transform.memory_format)
@@ -140,21 +159,22 @@ def bench_train(data: Path, arch: str, size: int, batch_size: int, batches: int)
             loss.item()
 
         model.train()
-        loader = retino_loader(table, data, size, batch_size, device)
+        loader = _loader(cached, batch_size, device)
         flops = _flops_per_image(loader, step) if cuda else None
         return _run("retino train step", loader, batches, step, device), flops
 
     rows = [baseline_run("lab-report loop")]
-    retino, flops = retino_run()
+    with _cache(table, data, size) as (cached, _):
+        retino, flops = retino_run(cached)
     rows += [retino, baseline_run("lab-report, memory kept")]
 
-    workers = default_workers(-1)
+    workers = default_workers(-1, cuda)
     precision = "bf16 autocast, channels_last" if cuda else "fp32"
     notes = [
         f"lab-report: {_baseline_description(size, stored)}, no workers, batch_size={batch_size}; "
         "fp32, default memory format, SGD(momentum 0.9)",
-        f"retino: FundusDataset + make_loader ({workers} workers) + BatchTransform (flips p=0.5) "
-        f"+ the engine's step ({precision}, AdamW)",
+        f"retino: the uint8 cache + make_loader ({workers} workers) + BatchTransform (flips "
+        f"p=0.5) + the engine's step ({precision}, AdamW); the cache is written beforehand",
         "lab-report, memory kept: the lab report's loop again after retino set the process "
         "to keep freed memory (reference only)",
     ]
@@ -163,26 +183,14 @@ def bench_train(data: Path, arch: str, size: int, batch_size: int, batches: int)
     return _report(title, rows, notes, device, flops)
 
 
-def train_split(data: Path) -> tuple[pd.DataFrame, tuple[int, int]]:
-    """The train split of a lab-layout dataset as a (path, label) table, and its image size."""
-    report = validate(data, check_images=False)
-    report.raise_if_invalid()
-    samples = report.samples["train"]
-    table = pd.DataFrame({"path": [s.path for s in samples], "label": [s.label for s in samples]})
-    first = Path(data) / samples[0].path
-    try:
-        with Image.open(first) as image:
-            stored = image.size
-    except OSError as err:
-        raise RetinoError(f"{first}: cannot read the image ({err}); check the dataset") from None
-    return table, stored
-
-
 def bench_images(data: Path, batch_size: int, batches: int) -> tuple[pd.DataFrame, tuple[int, int]]:
-    """The train images both paths read, as many as the warm-up and the timed batches take (at
-    most the split), each read once beforehand: both paths then find them in the page cache."""
-    table, stored = train_split(data)
-    table = table.head((WARMUP_BATCHES + batches) * batch_size)
+    """The train images every path reads, as many as the warm-up and the timed batches take (at
+    most the split), each read once beforehand so all paths find them in the page cache; and
+    the size of the first."""
+    report = read_layout(data)
+    report.raise_if_invalid()
+    samples = report.samples["train"][: (WARMUP_BATCHES + batches) * batch_size]
+    table = pd.DataFrame({"path": [s.path for s in samples], "label": [s.label for s in samples]})
     for rel in table["path"]:
         try:
             (Path(data) / rel).read_bytes()
@@ -190,14 +198,44 @@ def bench_images(data: Path, batch_size: int, batches: int) -> tuple[pd.DataFram
             raise RetinoError(
                 f"{Path(data) / rel}: cannot read ({err.strerror}); check the dataset"
             ) from None
-    return table, stored
+    with Image.open(Path(data) / table["path"][0]) as first:
+        return table, first.size
 
 
-def retino_loader(
-    table: pd.DataFrame, root: Path, size: int, batch_size: int, device: torch.device
-) -> DataLoader:
-    dataset = FundusDataset(table, root, size)
-    return make_loader(dataset, batch_size, True, default_workers(-1), device.type == "cuda")
+@contextmanager
+def _cache(table: pd.DataFrame, data: Path, size: int) -> Iterator[tuple[CachedImages, float]]:
+    """The images preprocessed into a temporary cache by the preprocess stage's own code, and
+    its throughput in images/s."""
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = [Path(data) / p for p in table["path"]]
+        print(f"  preprocess stage: {len(paths)} images", file=sys.stderr)
+        start = time.perf_counter()
+        failures = cache_images({"bench": paths}, Path(tmp), size, "none", DEFAULT_MAX_PIXELS,
+                                cpu_workers())  # fmt: skip
+        rate = len(paths) / (time.perf_counter() - start)
+        if failures:
+            raise RetinoError(failures[0])
+        yield CachedImages(Path(tmp) / "bench.npy", torch.tensor(table["label"].to_numpy())), rate
+
+
+def _loader(cached: CachedImages, batch_size: int, device: torch.device) -> DataLoader:
+    cuda = device.type == "cuda"
+    return make_loader(cached, batch_size, True, default_workers(-1, cuda), cuda)
+
+
+def _full_decode_resize(path: Path, size: int) -> None:
+    """What an epoch of the lab report's loader pays per image before its flips."""
+    with Image.open(path) as image:
+        image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+
+
+def _per_image(paths: list[Path], work: Callable[[Path], object]) -> float:
+    """Images per second of `work` in this one process (after one warm-up call)."""
+    work(paths[0])
+    start = time.perf_counter()
+    for path in paths:
+        work(path)
+    return len(paths) / (time.perf_counter() - start)
 
 
 def _run(name: str, loader: DataLoader, batches: int, step: Step, device: torch.device) -> Timing:
@@ -280,6 +318,8 @@ def _report(
     notes: list[str],
     device: torch.device,
     flops: float | None = None,  # model FLOPs per image and train step (CUDA only)
+    decode_rows: list[tuple[str, float]] = (),
+    extra: dict | None = None,
 ) -> dict:
     baseline, retino = rows[0], rows[1]
     name = _device_name(device)
@@ -302,10 +342,14 @@ def _report(
     if cuda and flops:
         mfu = "MFU vs the dense bf16 peak" if peak else "MFU n/a: no peak known for this card"
         lines.append(f"model: {flops / 1e9:.2f} GFLOP per image per train step; {mfu}")
+    if decode_rows:
+        lines += ["", f"{'decoding, once per image':<34}{'images/s':>10}{'ms/image':>10}"]
+        lines += [f"{label:<34}{rate:>10.1f}{1000 / rate:>10.1f}" for label, rate in decode_rows]
     lines += [f"- {note}" for note in notes]
     print("\n".join(lines))
     result = {
         "baseline_images_per_s": round(baseline.rate, 2),
+        **(extra or {}),
         "retino_images_per_s": round(retino.rate, 2),
         "ratio": round(retino.rate / baseline.rate, 2),
         "device": name,

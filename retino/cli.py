@@ -25,9 +25,10 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from retino.data.layouts import validate
+    from retino.data.validation import DEFAULT_MAX_PIXELS, cpu_workers, validate
 
-    report = validate(args.dir)
+    limit = args.max_pixels or DEFAULT_MAX_PIXELS
+    report = validate(args.dir, limit, decode=True, workers=cpu_workers(args.workers))
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     report.raise_if_invalid()
@@ -85,7 +86,9 @@ def _predict(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> int:
     from retino.evaluation.evaluate import explain
 
-    files = explain(args.model, args.data, args.prepared, args.out, args.per_grade, args.device)
+    files = explain(
+        args.model, args.prepared, args.preprocessed, args.out, args.per_grade, args.device
+    )
     print(f"wrote {len(files)} Grad-CAM images of test photographs to {args.out}")
     return 0
 
@@ -153,8 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_synth)
 
-    p = sub.add_parser("validate", help="check a dataset in the lab layout and summarise it")
-    p.add_argument("dir", type=Path, help="dataset root (holds train_img.csv ... and images/)")
+    p = sub.add_parser("validate", help="check a dataset (lab, Kaggle or APTOS layout)")
+    p.add_argument("dir", type=Path, help="dataset root")
+    p.add_argument("--max-pixels", type=_positive,
+                   help="refuse larger images (default 36000000)")  # fmt: skip
+    p.add_argument("--workers", type=int, default=-1, help="decoding processes (-1: one per core)")
     p.set_defaults(handler=_validate)
 
     p = sub.add_parser("compare", help="the lab report's results table and figures, from MLflow")
@@ -180,8 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("explain", help="Grad-CAMs of right and wrong test predictions per grade")
     p.add_argument("--model", default="models/best.pt", metavar="SRC", help=model_help)
-    p.add_argument("--data", type=Path, default=Path("data"), help="dataset root (default data)")
     p.add_argument("--prepared", type=Path, default=Path("prepared"), help="default prepared")
+    p.add_argument("--preprocessed", type=Path, default=Path("preprocessed"),
+                   help="the preprocessed images (default preprocessed)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
     p.add_argument("--per-grade", type=_positive, default=1,
                    help="images per grade and verdict (default 1)")  # fmt: skip

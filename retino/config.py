@@ -21,9 +21,18 @@ ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 @dataclass(frozen=True)
 class DataConfig:
     val_fraction: float = 0.2  # share of train patients held out for model selection
-    image_size: int = 112  # square side the images are resized/cropped to
+    test_fraction: float = 0.2  # share held out as test where the layout has no test labels
+    kaggle_usage_split: bool = False  # Kaggle: Public test images = val, Private = test
+    max_pixels: int = 36_000_000  # larger images are refused before decoding
+    image_size: int = 112  # the square side of the preprocessed images
     num_workers: int = -1  # loader processes; -1 = one per core (capped at 8)
     stats_images: int = 256  # train images sampled for the per-channel mean/std
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    normalize: Literal["none", "graham"] = "none"  # graham: local-contrast normalisation
+    workers: int = -1  # processes; -1 = one per core
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,7 @@ class Config:
     pretrained: bool | str = False  # true = torchvision ImageNet weights, or a path to a .pth
     seed: int = 42
     data: DataConfig = field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -87,6 +97,8 @@ class Config:
             raise RetinoError(f"arch: unknown architecture {self.arch!r}; use one of {ARCHS}")
         checks = {
             "data.val_fraction": 0 < self.data.val_fraction < 1,
+            "data.test_fraction": 0 < self.data.test_fraction < 1,
+            "data.max_pixels": self.data.max_pixels >= 1,
             "data.image_size": self.data.image_size >= 32,
             "train.epochs": self.train.epochs >= 1,
             "train.freeze_epochs": 0 <= self.train.freeze_epochs <= self.train.epochs,

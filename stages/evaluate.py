@@ -5,12 +5,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import pandas as pd
-
 from retino.config import load_config
-from retino.data.dataset import read_split
+from retino.data.splits import read_split
 from retino.errors import exit_on_error
-from retino.evaluation.evaluate import evaluate_test
+from retino.evaluation.evaluate import cached_test, evaluate_test
 from retino.evaluation.predict import load_predictor, write_gallery
 from retino.tracking.names import test_metrics
 from retino.tracking.runs import DATA_DVC, data_version, open_run, read_run_file
@@ -21,15 +19,16 @@ from retino.tracking.store import project_root
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--data", type=Path, default=Path("data"))
     parser.add_argument("--prepared", type=Path, default=Path("prepared"))
+    parser.add_argument("--preprocessed", type=Path, default=Path("preprocessed"))
     parser.add_argument("--models", type=Path, default=Path("models"))
     parser.add_argument("--out", type=Path, default=Path("reports/eval"))
     args = parser.parse_args()
     cfg = load_config(args.params)
     run_id = read_run_file(args.models / "run.json")
     predictor = load_predictor(str(args.models / "best.pt"), cfg.train.device)
-    metrics = evaluate_test(predictor, args.data, args.prepared, args.out)
+    cached = cached_test(predictor, args.prepared, args.preprocessed)
+    metrics, table = evaluate_test(predictor, cached, args.out)
     with open_run(project_root(), run_id) as run, tempfile.TemporaryDirectory() as tmp:
         run.log_metrics(test_metrics(metrics))
         run.log_dataset("test", read_split(args.prepared, "test"), data_version(DATA_DVC))
@@ -38,8 +37,7 @@ def main() -> None:
         # Grad-CAMs of the most confident right and wrong test image per grade (<= 10 images):
         # files named after the photograph, and images keyed by grade and verdict, which the
         # chart view's image grid lines up across runs
-        table = pd.read_csv(args.out / "predictions.csv")
-        for path in write_gallery(predictor, table, args.data, Path(tmp)):
+        for path in write_gallery(predictor, table, cached.images, Path(tmp)):
             run.log_artifact(path, "eval/gallery")
             grade, verdict = path.stem.split("_")[:2]  # grade2_wrong_<image>
             run.log_image(path, f"gradcam/{grade}_{verdict}")

@@ -1,4 +1,5 @@
-"""train: fit the configured ResNet on prepared/, select on validation, log to MLflow."""
+"""train: fit the configured ResNet on the preprocessed splits, select on validation, log to
+MLflow."""
 
 import argparse
 import sys
@@ -14,8 +15,8 @@ from retino.training.train import train
 def main() -> int | None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--data", type=Path, default=Path("data"))
     parser.add_argument("--prepared", type=Path, default=Path("prepared"))
+    parser.add_argument("--preprocessed", type=Path, default=Path("preprocessed"))
     parser.add_argument("--models", type=Path, default=Path("models"))
     parser.add_argument("--reports", type=Path, default=Path("reports/train"))
     parser.add_argument("--checkpoints", type=Path, default=Path("checkpoints"))
@@ -23,7 +24,7 @@ def main() -> int | None:
     cfg = load_config(args.params)
     if needs_launch(cfg.train):  # train.nproc / train.nnodes > 1: become a torchrun job
         return launch(cfg.train, [__file__, *sys.argv[1:]])
-    train(cfg, args.data, args.prepared, args.models, args.reports, args.checkpoints)
+    train(cfg, args.prepared, args.preprocessed, args.models, args.reports, args.checkpoints)
 
 
 if __name__ == "__main__":

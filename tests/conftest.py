@@ -8,6 +8,7 @@ import pytest
 
 from retino.config import Config, from_dict
 from retino.data.prepare import prepare
+from retino.data.preprocess import preprocess
 from retino.synth import synthesize
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # never wait on a download
@@ -51,10 +52,16 @@ def tiny_config(**overrides) -> Config:
 
 @pytest.fixture
 def project(tmp_path, tiny_data, monkeypatch):
-    """A workspace with prepared splits; MLflow store at its root."""
+    """A workspace with prepared and preprocessed splits; MLflow store at its root."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
-    prepare(tiny_data, tmp_path / "prepared", tiny_config())
+    prepare_and_cache(tiny_data, tmp_path, tiny_config())
     return tmp_path
+
+
+def prepare_and_cache(data: Path, root: Path, cfg: Config) -> None:
+    """What the prepare and preprocess stages write: root/prepared and root/preprocessed."""
+    prepare(data, root / "prepared", cfg)
+    preprocess(data, root / "prepared", root / "preprocessed", cfg)

@@ -3,9 +3,11 @@
 import json
 
 import mlflow
+import pytest
 import yaml
 from PIL import Image
 
+from retino.synth import synthesize
 from tests.dvc_project import make_project, project_env, run
 
 
@@ -62,3 +64,31 @@ def test_dvc_repro_end_to_end(tmp_path, tiny_source):
     assert "Data and pipelines are up to date" in run(["dvc", "repro"], dvc_project, env)
     shown = run(["dvc", "exp", "show", "--json"], dvc_project, env)
     assert "val_qwk" in shown and "qwk" in shown
+
+    # an experiment on a training param reuses the prepared splits and the preprocessed cache
+    out = run(["dvc", "exp", "run", "-S", "train.lr=0.001"], dvc_project, env, timeout=900)
+    for stage in ("prepare", "preprocess"):
+        assert f"Stage '{stage}' didn't change, skipping" in out
+    for stage in ("train", "evaluate", "plot"):
+        assert f"Running stage '{stage}'" in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["kaggle", "aptos"])
+def test_dvc_repro_on_other_layouts(tmp_path, layout):
+    data = tmp_path / "source"
+    synthesize(data, n_train=40, n_test=24, size=48, seed=9, layout=layout)
+    dvc_project = make_project(tmp_path / "project", data)
+    if layout == "kaggle":  # Huang et al.'s protocol: Public = val, Private = test
+        params = yaml.safe_load((dvc_project / "params.yaml").read_text())
+        params["data"]["kaggle_usage_split"] = True
+        (dvc_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = project_env(dvc_project)
+    assert f"layout: {layout}" in run(["retino", "validate", "data"], dvc_project, env)
+    out = run(["dvc", "repro"], dvc_project, env, timeout=900)
+    assert "best epoch" in out and "test accuracy" in out
+    stats = json.loads((dvc_project / "prepared" / "stats.json").read_text())
+    assert stats["layout"] == layout and sum(map(sum, stats["counts"].values())) == 64
+    predictions = (dvc_project / "reports/eval/predictions.csv").read_text().splitlines()
+    folder = {"kaggle": "test/", "aptos": "train_images/"}[layout]
+    assert all(line.split(",")[0].startswith(folder) for line in predictions[1:])

@@ -1,27 +1,40 @@
-"""The lab layout: reading and validating a dataset root.
+"""Dataset layouts on disk, told apart by their files, read into labelled samples per split.
 
-    <root>/train_img.csv  train_label.csv  test_img.csv  test_label.csv   one column each
-    <root>/images/<patient>_<left|right>.jpeg
+    lab     train_img.csv  train_label.csv  test_img.csv  test_label.csv   one column each
+            images/<patient>_<left|right>.jpeg
+    kaggle  trainLabels.csv (image,level) + train/<image>.jpeg               Kaggle's EyePACS
+            testLabels.csv (image,level,Usage) + test/<image>.jpeg           optional
+    aptos   train.csv (id_code,diagnosis) + train_images/<id_code>.png      APTOS 2019
 
-The CSVs are normally headerless. A header row is recognised and skipped (the lab report's
-`pd.read_csv` defaults silently ate the first sample instead). Every problem is reported as
-`file:row: what is wrong; what to do`, all of them in one pass.
+The lab's CSVs are normally headerless; a header row is recognised and skipped (the lab
+report's `pd.read_csv` defaults silently ate the first sample instead). Every problem is
+reported as `file:row: what is wrong; what to do`, all of them in one pass.
 """
 
 import csv
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-
-from PIL import Image, UnidentifiedImageError
 
 from retino.errors import RetinoError
 from retino.grades import NUM_CLASSES
 
-SPLITS = ("train", "test")
-IMAGE_DIR = "images"
-IMAGE_SUFFIX = ".jpeg"
 MAX_REPORTED = 50  # problems printed before "... and N more"
+USAGES = ("Public", "Private")  # Kaggle's testLabels.csv: public and private leaderboard halves
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    marker: str  # the file whose presence identifies the layout
+    description: str
+
+
+LAB = Layout("lab", "train_img.csv", "train_img.csv, train_label.csv, test_*.csv + images/")
+KAGGLE = Layout("kaggle", "trainLabels.csv", "trainLabels.csv + train/ [testLabels.csv + test/]")
+APTOS = Layout("aptos", "train.csv", "train.csv + train_images/")
+LAYOUTS = (LAB, KAGGLE, APTOS)
 
 
 @dataclass(frozen=True)
@@ -29,6 +42,7 @@ class Sample:
     name: str  # as written in the CSV, e.g. "17_left"
     path: str  # relative to the dataset root, e.g. "images/17_left.jpeg"
     label: int
+    usage: str = ""  # Kaggle test images: "Public" or "Private"
 
     @property
     def patient(self) -> str:
@@ -37,7 +51,9 @@ class Sample:
 
 @dataclass
 class Report:
-    samples: dict[str, list[Sample]] = field(default_factory=dict)
+    layout: Layout | None = None
+    samples: dict[str, list[Sample]] = field(default_factory=dict)  # "train" [, "test"]
+    where: dict[str, str] = field(default_factory=dict)  # sample path -> "file:row"
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -46,13 +62,16 @@ class Report:
         return [grades[g] for g in range(NUM_CLASSES)]
 
     def summary(self) -> str:
-        lines = [
-            f"{'split':<6} {'images':>7}  " + "  ".join(f"grade {g}" for g in range(NUM_CLASSES))
-        ]
-        for split in SPLITS:
+        name = self.layout.name if self.layout else "?"
+        lines = [f"layout: {name}"]
+        lines.append(f"{'split':<6} {'images':>7}  " + "  ".join(f"grade {g}" for g in range(5)))
+        for split in self.samples:
             counts = self.counts(split)
             cells = "  ".join(f"{c:>7}" for c in counts)
             lines.append(f"{split:<6} {sum(counts):>7}  {cells}")
+        usages = Counter(s.usage for s in self.samples.get("test", []) if s.usage)
+        if usages:
+            lines.append("test Usage: " + ", ".join(f"{u} {usages[u]}" for u in USAGES))
         return "\n".join(lines)
 
     def raise_if_invalid(self) -> None:
@@ -70,64 +89,42 @@ def patient_of(name: str) -> str:
     return stem if stem and side in ("left", "right") else name
 
 
-def validate(root: Path, check_images: bool = True) -> Report:
-    """Read and check the lab layout under `root`; never raises for bad data, reports it."""
+def read_layout(root: Path) -> Report:
+    """Detect the layout under `root` and read its samples; problems go to the report."""
     root = Path(root)
     report = Report()
     if not root.is_dir():
         report.problems.append(f"{root}: dataset folder not found; run `dvc pull` or `dvc add` it")
         return report
-    if not (root / IMAGE_DIR).is_dir():
-        report.problems.append(f"{root / IMAGE_DIR}: images folder missing; put the images there")
+    report.layout = next((lay for lay in LAYOUTS if (root / lay.marker).is_file()), None)
+    if report.layout is None:
+        known = "; ".join(f"{lay.name}: {lay.description}" for lay in LAYOUTS)
+        report.problems.append(f"{root}: no known dataset layout ({known})")
+        return report
     seen: dict[str, str] = {}  # name -> "file:row" of its first occurrence, across splits
-    for split in SPLITS:
-        samples = _read_split(root, split, report, seen)
-        if check_images and (root / IMAGE_DIR).is_dir():
-            for sample, where in samples:
-                problem = _check_image(root, sample.path)
-                if problem:
-                    report.problems.append(f"{where}: {problem}")
-        report.samples[split] = [s for s, _ in samples]
+    reader = {"lab": _read_lab, "kaggle": _read_kaggle, "aptos": _read_aptos}[report.layout.name]
+    for split, source, rows in reader(root, report):
+        if rows:
+            report.samples[split] = _samples(rows, report, seen)
+        else:
+            report.problems.append(f"{source}: the {split} split is empty; add samples")
     _warn_shared_patients(report)
     return report
 
 
-def _read_split(root: Path, split: str, report: Report, seen: dict[str, str]):
-    """The split's samples with their `file:row` locations; problems go to the report."""
-    img_csv, label_csv = root / f"{split}_img.csv", root / f"{split}_label.csv"
-    missing = [p for p in (img_csv, label_csv) if not p.is_file()]
-    for path in missing:
-        report.problems.append(
-            f"{path}: missing; the lab layout needs {split}_img.csv and {split}_label.csv"
-        )
-    if missing:
-        return []
-    names, labels = _read_column(img_csv, report), _read_column(label_csv, report)
-    # A header is a first label row that is not an integer while the next one is; the image CSV
-    # then has one too unless its first row names an existing image.
-    if len(labels) > 1 and not _is_int(labels[0][1]) and _is_int(labels[1][1]):
-        labels = labels[1:]
-        if names and not (root / _image_path(names[0][1])).is_file():
-            names = names[1:]
-    if len(names) != len(labels):
-        report.problems.append(
-            f"{img_csv}: {len(names)} images but {label_csv.name} has {len(labels)} labels; "
-            "the two files must have one row per image, in the same order"
-        )
-        return []
-    if not names:
-        report.problems.append(f"{img_csv}: the {split} split is empty; add samples")
-        return []
+# A row of a split as read from its CSV(s): the image name and where it stands, the raw label
+# and where that stands, the image's path relative to the root, Kaggle's Usage.
+_Row = tuple[str, str, str, str, str, str]
+
+
+def _samples(rows: list[_Row], report: Report, seen: dict[str, str]) -> list[Sample]:
     samples = []
-    for (name_row, name), (label_row, raw_label) in zip(names, labels, strict=True):
-        where = f"{img_csv}:{name_row}"
-        label = int(raw_label) if _is_int(raw_label) else None
-        if label is None or not 0 <= label < NUM_CLASSES:
+    for name, where, raw_label, label_where, path, usage in rows:
+        label = _grade(raw_label)
+        if label is None:
             report.problems.append(
-                f"{label_csv}:{label_row}: label {raw_label!r} is not an integer grade 0-4; "
-                "fix the label"
+                f"{label_where}: label {raw_label!r} is not an integer grade 0-4; fix the label"
             )
-            label = None
         bad_name = _check_name(name)
         if bad_name:
             report.problems.append(f"{where}: {bad_name}")
@@ -138,8 +135,121 @@ def _read_split(root: Path, split: str, report: Report, seen: dict[str, str]):
         else:
             seen[name] = where
             if label is not None:
-                samples.append((Sample(name, _image_path(name), label), where))
+                samples.append(Sample(name, path, label, usage))
+                report.where[path] = where
     return samples
+
+
+def _read_lab(root: Path, report: Report) -> Iterator[tuple[str, Path, list[_Row]]]:
+    if not (root / "images").is_dir():
+        report.problems.append(f"{root / 'images'}: images folder missing; put the images there")
+    for split in ("train", "test"):
+        img_csv, label_csv = root / f"{split}_img.csv", root / f"{split}_label.csv"
+        missing = [p for p in (img_csv, label_csv) if not p.is_file()]
+        for path in missing:
+            report.problems.append(
+                f"{path}: missing; the lab layout needs {split}_img.csv and {split}_label.csv"
+            )
+        if missing:
+            continue
+        names, labels = _read_column(img_csv, report), _read_column(label_csv, report)
+        # A header is a first label row that is not a number while the next one is; the
+        # image CSV then has one too unless its first row names an existing image.
+        if len(labels) > 1 and not _is_number(labels[0][1]) and _is_number(labels[1][1]):
+            labels = labels[1:]
+            if names and not (root / _lab_path(names[0][1])).is_file():
+                names = names[1:]
+        if len(names) != len(labels):
+            report.problems.append(
+                f"{img_csv}: {len(names)} images but {label_csv.name} has {len(labels)} labels; "
+                "the two files must have one row per image, in the same order"
+            )
+            continue
+        yield (
+            split,
+            img_csv,
+            [
+                (name, f"{img_csv}:{i}", label, f"{label_csv}:{j}", _lab_path(name), "")
+                for (i, name), (j, label) in zip(names, labels, strict=True)
+            ],
+        )
+
+
+def _lab_path(name: str) -> str:
+    return f"images/{name}.jpeg"
+
+
+def _read_kaggle(root: Path, report: Report) -> Iterator[tuple[str, Path, list[_Row]]]:
+    for split, csv_name, folder in (("train", "trainLabels.csv", "train"),
+                                    ("test", "testLabels.csv", "test")):  # fmt: skip
+        path = root / csv_name
+        if split == "test" and not path.is_file():
+            continue  # no labelled test split: prepare carves one out of train
+        if not (root / folder).is_dir():
+            report.problems.append(f"{root / folder}: images folder missing; put the images there")
+        columns = ("image", "level", "Usage") if split == "test" else ("image", "level")
+        table = _read_table(path, columns, report, optional={"Usage"})
+        _check_usages(table, report)
+        yield (
+            split,
+            path,
+            [
+                (r["image"], w, r["level"], w, f"{folder}/{r['image']}.jpeg", r.get("Usage", ""))
+                for w, r in table
+            ],
+        )
+
+
+def _read_aptos(root: Path, report: Report) -> Iterator[tuple[str, Path, list[_Row]]]:
+    if not (root / "train_images").is_dir():
+        report.problems.append(
+            f"{root / 'train_images'}: images folder missing; put the images there"
+        )
+    table = _read_table(root / "train.csv", ("id_code", "diagnosis"), report)
+    yield (
+        "train",
+        root / "train.csv",
+        [
+            (r["id_code"], where, r["diagnosis"], where, f"train_images/{r['id_code']}.png", "")
+            for where, r in table
+        ],
+    )
+
+
+def _check_usages(table: list[tuple[str, dict[str, str]]], report: Report) -> None:
+    for where, row in table:
+        if "Usage" in row and row["Usage"] not in USAGES:
+            report.problems.append(
+                f"{where}: Usage {row['Usage']!r} is not Public or Private; fix the row"
+            )
+
+
+def _read_table(
+    path: Path, columns: tuple[str, ...], report: Report, optional: set[str] = frozenset()
+) -> list[tuple[str, dict[str, str]]]:
+    """("file:row", {column: cell}) of each non-blank row of a CSV with a header row."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError:
+        report.problems.append(f"{path}: not a text CSV; export it as UTF-8 text")
+        return []
+    header = [cell.strip() for cell in rows[0]] if rows else []
+    missing = [c for c in columns if c not in header and c not in optional]
+    if missing:
+        report.problems.append(
+            f"{path}:1: header {','.join(header) or '(empty)'} lacks {', '.join(missing)}; "
+            f"the first row must name the columns {','.join(columns)}"
+        )
+        return []
+    index = {c: header.index(c) for c in columns if c in header}
+    table = []
+    for number, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        cells = {c: row[i].strip() if i < len(row) else "" for c, i in index.items()}
+        table.append((f"{path}:{number}", cells))
+    return table
 
 
 def _read_column(path: Path, report: Report) -> list[tuple[int, str]]:
@@ -153,16 +263,21 @@ def _read_column(path: Path, report: Report) -> list[tuple[int, str]]:
     return [(i, r[0].strip()) for i, r in rows if r and r[0].strip()]
 
 
-def _is_int(value: str) -> bool:
+def _grade(value: str) -> int | None:
+    """0-4 from "3" (or "3.0", as a spreadsheet may export it); None for anything else."""
     try:
-        int(value)
+        number = float(value)
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() and 0 <= number < NUM_CLASSES else None
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
     except ValueError:
         return False
     return True
-
-
-def _image_path(name: str) -> str:
-    return f"{IMAGE_DIR}/{name}{IMAGE_SUFFIX}"
 
 
 def _check_name(name: str) -> str | None:
@@ -171,22 +286,6 @@ def _check_name(name: str) -> str | None:
         return "empty image name; fill in the name or delete the row"
     if pure.is_absolute() or name[1:3] == ":\\" or ".." in pure.parts or len(pure.parts) != 1:
         return f"image name {name!r} escapes the images folder; use a bare name like 17_left"
-    return None
-
-
-def _check_image(root: Path, rel: str) -> str | None:
-    path = root / rel
-    if not path.is_file():
-        return f"image {path} not found; add it or remove the row"
-    if path.stat().st_size == 0:
-        return f"image {path} is empty (0 bytes); replace it or remove the row"
-    try:
-        with Image.open(path) as img:
-            img.load()  # decodes every byte: a truncated JPEG fails here, not mid-training
-    except UnidentifiedImageError:
-        return f"{path} is not an image; replace it or remove the row"
-    except (OSError, SyntaxError, ValueError) as err:
-        return f"image {path} is unreadable ({err}); replace it or remove the row"
     return None
 
 

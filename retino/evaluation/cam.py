@@ -3,7 +3,7 @@
 For a target grade with score y and a layer's activations A (B, C, h, w), the map is
 ReLU(sum_c w_c A_c) with w_c the spatial mean of dy/dA_c: channels that raise the score, weighted
 by how much, kept where they fire. On a ResNet's last stage (layer4) the map is a size/32 grid;
-`overlay` stretches it over the part of the photograph the model saw and paints it there.
+`overlay` stretches it over the image the model saw (the preprocessed retina square).
 """
 
 import functools
@@ -15,7 +15,7 @@ from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
-MAX_SIDE = 1024  # overlays of larger photographs are scaled down to this longest side
+DISPLAY_SIDE = 448  # overlays of smaller model inputs are enlarged to this side
 ALPHA = 0.55  # heat opacity at the hottest point; cold regions show the photograph untouched
 # cyan -> magenta: the hot end of jet/turbo (dark red) vanishes on an orange-red retina
 CMAP = "cool"
@@ -59,23 +59,20 @@ class GradCAM:
         return cam / cam.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
 
 
-def overlay(image: Image.Image, heat: torch.Tensor, caption: str) -> Image.Image:
-    """The photograph (longest side at most MAX_SIDE) with `heat` over its centre square, the
-    region `retino.data.load_image` crops for the model, and `caption` in the top-left corner."""
-    image = image.convert("RGB")
-    image.thumbnail((MAX_SIDE, MAX_SIDE))  # only ever shrinks
-    width, height = image.size
-    side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
+def overlay(image: np.ndarray, heat: torch.Tensor, caption: str) -> Image.Image:
+    """The model's input (a preprocessed (S, S, 3) uint8 square, as the cache holds it) with
+    `heat` over it and `caption` in the top-left corner, enlarged to at least DISPLAY_SIDE so
+    a small input stays readable."""
+    side = max(image.shape[0], DISPLAY_SIDE)
+    square = Image.fromarray(image).resize((side, side), Image.Resampling.BICUBIC)
     heat = F.interpolate(
         heat[None, None].float().cpu(), size=(side, side), mode="bilinear", align_corners=False
     )
     h = heat[0, 0].clamp(0, 1).numpy()[..., None]  # (side, side, 1)
     colours = colormaps[CMAP](h[..., 0])[..., :3]
-    square = np.asarray(image.crop((left, top, left + side, top + side)), np.float32) / 255
-    blended = (1 - ALPHA * h) * square + ALPHA * h * colours
-    out = image.copy()
-    out.paste(Image.fromarray(np.round(blended * 255).astype(np.uint8)), (left, top))
+    pixels = np.asarray(square, np.float32) / 255
+    blended = (1 - ALPHA * h) * pixels + ALPHA * h * colours
+    out = Image.fromarray(np.round(blended * 255).astype(np.uint8))
     _caption(out, caption)
     return out
 

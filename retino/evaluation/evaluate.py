@@ -8,30 +8,31 @@ from pathlib import Path
 
 import pandas as pd
 
-from retino.data.dataset import FundusDataset, read_split
+from retino.data.cache import open_index
+from retino.data.dataset import CachedSplit, default_workers
 from retino.evaluation.predict import PROBS, Predictor, load_predictor, loader_for, write_gallery
 from retino.metrics import classification_metrics, confusion, normalise_rows
 from retino.training.engine import predict
 
 
-def predict_split(pred: Predictor, data_root: Path, prepared: Path, split: str) -> pd.DataFrame:
-    """Predictions for a prepared split: image, label, predicted grade, p0..p4."""
-    table = read_split(prepared, split)
-    dataset = FundusDataset(table, data_root, pred.image_size)
-    labels, probs = predict(pred.model, loader_for(dataset, pred.cfg.eval.batch_size),
-                            pred.transform, desc=split)  # fmt: skip
+def predict_split(pred: Predictor, cached: CachedSplit) -> pd.DataFrame:
+    """Predictions for a cached split: image, label, predicted grade, p0..p4."""
+    workers = default_workers(pred.cfg.data.num_workers, pred.transform.device.type == "cuda")
+    loader = loader_for(cached, pred.cfg.eval.batch_size, workers)
+    labels, probs = predict(pred.model, loader, pred.transform, desc=cached.split)
     predictions = pd.DataFrame(
-        {"image": table["path"], "label": labels, "predicted": probs.argmax(1)}
+        {"image": cached.table["path"], "label": labels, "predicted": probs.argmax(1)}
     )
     predictions[PROBS] = probs.round(6)
     return predictions
 
 
 def evaluate_test(
-    pred: Predictor, data_root: Path, prepared: Path, out_dir: Path
-) -> dict[str, float]:
-    """Write metrics.json, predictions.csv and confusion.json to out_dir; return the metrics."""
-    table = predict_split(pred, data_root, prepared, "test")
+    pred: Predictor, cached: CachedSplit, out_dir: Path
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """Write metrics.json, predictions.csv and confusion.json to out_dir; return the metrics and
+    the predictions."""
+    table = predict_split(pred, cached)
     labels, probs = table["label"].to_numpy(), table[PROBS].to_numpy()
     metrics = classification_metrics(labels, probs)
     cm = confusion(labels, table["predicted"].to_numpy())
@@ -42,14 +43,21 @@ def evaluate_test(
         + "\n"
     )
     table.to_csv(out_dir / "predictions.csv", index=False)
-    return metrics
+    return metrics, table
+
+
+def cached_test(pred: Predictor, prepared: Path, cache: Path) -> CachedSplit:
+    """The test split of the cache, after checking it was preprocessed as the model's data was."""
+    open_index(cache, pred.cfg.data.image_size, pred.cfg.preprocess.normalize)
+    return CachedSplit(cache, prepared, "test")
 
 
 def explain(
-    source: str, data_root: Path, prepared: Path, out_dir: Path, per_grade: int = 1,
+    source: str, prepared: Path, cache: Path, out_dir: Path, per_grade: int = 1,
     device: str = "auto",
 ) -> list[Path]:  # fmt: skip
     """Grad-CAMs of the most confident right and wrong test predictions per true grade."""
     pred = load_predictor(source, device)
-    table = predict_split(pred, data_root, prepared, "test")
-    return write_gallery(pred, table, data_root, out_dir, per_grade)
+    cached = cached_test(pred, prepared, cache)
+    table = predict_split(pred, cached)
+    return write_gallery(pred, table, cached.images, out_dir, per_grade)

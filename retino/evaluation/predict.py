@@ -4,24 +4,28 @@ A model source is a checkpoint file (models/best.pt), an MLflow URI (runs:/<id>/
 models:/<name>/<version>, models:/<name>@<alias>) or the name of a finished run / DVC experiment
 in the project's store. A checkpoint holds the weights, the config and the training mean/std;
 an MLflow source resolves to the model its run logged: the same weights, with the config and
-mean/std in the model's metadata. Images take the evaluation path: `load_image` (resize, centre
-crop), `BatchTransform` with that mean/std, `engine.predict`.
+mean/std in the model's metadata. Photographs are preprocessed as the cache the model trained on
+was (`retino.data.fundus.preprocess_image`: disc crop, resize, the same normalisation), then
+`BatchTransform` with that mean/std and `engine.predict`.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from retino.config import Config, from_dict
-from retino.data.dataset import FundusDataset, default_workers, load_image, make_loader
+from retino.data.dataset import make_loader
+from retino.data.fundus import preprocess_image
+from retino.data.images import ImageError
 from retino.data.transforms import BatchTransform
+from retino.data.validation import cpu_workers
 from retino.errors import RetinoError
 from retino.evaluation.cam import GradCAM, overlay
 from retino.grades import GRADE_NAMES, REFERABLE_GRADE
@@ -33,6 +37,30 @@ IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 PROBS = [f"p{g}" for g in range(len(GRADE_NAMES))]
 
 
+class PhotoFiles(Dataset):
+    """Photograph files preprocessed as the cache was: (uint8 (3, S, S), index). A file that
+    cannot be read yields a blank image and index -1, so one bad file does not stop the others;
+    `errors` (in the process that read it) says why."""
+
+    def __init__(self, paths: list[Path], size: int, normalize: str, max_pixels: int) -> None:
+        self.paths, self.size = list(paths), size
+        self.normalize, self.max_pixels = normalize, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            image = self.load(index)
+        except ImageError:
+            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), torch.tensor(-1)
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), torch.tensor(index)
+
+    def load(self, index: int) -> np.ndarray:
+        """(S, S, 3) uint8 of photograph `index`, or ImageError naming the file."""
+        return preprocess_image(self.paths[index], self.size, self.normalize, self.max_pixels)
+
+
 @dataclass
 class Predictor:
     model: nn.Module
@@ -40,9 +68,10 @@ class Predictor:
     transform: BatchTransform
     origin: str  # where the weights came from, for the user
 
-    @property
-    def image_size(self) -> int:
-        return self.cfg.data.image_size
+    def photos(self, paths: list[Path]) -> PhotoFiles:
+        """The files, preprocessed exactly as this model's training data was."""
+        data = self.cfg.data
+        return PhotoFiles(paths, data.image_size, self.cfg.preprocess.normalize, data.max_pixels)
 
 
 def load_predictor(source: str, device: str = "auto") -> Predictor:
@@ -96,27 +125,7 @@ def expand_inputs(items: list[Path]) -> list[Path]:
     return paths
 
 
-class _Tolerant(Dataset):
-    """FundusDataset over image files, labelled with their index; a file that cannot be read
-    yields a blank image and index -1, so one bad file does not stop the others."""
-
-    def __init__(self, paths: list[Path], size: int) -> None:
-        table = pd.DataFrame({"path": [str(p) for p in paths], "label": range(len(paths))})
-        self.images = FundusDataset(table, Path(), size)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        try:
-            return self.images[index]
-        except Exception:  # decoders raise many types; the error is re-read for the report
-            size = self.images.image_size
-            return torch.zeros(3, size, size, dtype=torch.uint8), torch.tensor(-1)
-
-
-def loader_for(dataset: Dataset, batch_size: int) -> DataLoader:
-    workers = default_workers(-1) if len(dataset) > batch_size else 0  # pays from batch two on
+def loader_for(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:
     return make_loader(dataset, batch_size, False, workers, pin_memory=False)
 
 
@@ -125,13 +134,14 @@ def predict_images(
 ) -> tuple[pd.DataFrame, list[tuple[Path, str]]]:
     """One row per readable image (path, grade, grade_name, p0..p4, referable), and
     (path, error) for each image that could not be read."""
-    dataset = _Tolerant(paths, pred.image_size)
-    loader = loader_for(dataset, batch_size or pred.cfg.eval.batch_size)
+    photos = pred.photos(paths)
+    batch_size = batch_size or pred.cfg.eval.batch_size
+    # photographs are decoded here: workers pay for themselves from the second batch on
+    workers = min(cpu_workers(), 8) if len(photos) > batch_size else 0
+    loader = loader_for(photos, batch_size, workers)
     index, probs = predict(pred.model, loader, pred.transform)
     ok = index >= 0
-    failed = [
-        (p, _read_error(p, pred.image_size)) for p, good in zip(paths, ok, strict=True) if not good
-    ]
+    failed = [(p, _read_error(photos, i)) for i, p in enumerate(paths) if not ok[i]]
     grade = probs[ok].argmax(1)
     table = pd.DataFrame(
         {
@@ -145,35 +155,36 @@ def predict_images(
     return table, failed
 
 
-def _read_error(path: Path, size: int) -> str:
+def _read_error(photos: PhotoFiles, index: int) -> str:
+    """Why photograph `index` could not be read (read again here: the worker that failed on it
+    cannot send its exception back with the batch)."""
     try:
-        load_image(str(path), size)
-    except Exception as err:
-        message = str(err).strip().splitlines()
-        return f"{type(err).__name__}: {message[0]}" if message else type(err).__name__
+        photos.load(index)
+    except ImageError as err:
+        return str(err)
     return "could not be read while predicting"  # the file changed in between
 
 
 def write_cams(
     pred: Predictor,
-    images: list[Path],
+    images: Callable[[int], np.ndarray],
     grades: np.ndarray,
     captions: list[str],
     files: list[Path],
     batch_size: int | None = None,
 ) -> None:
-    """files[i]: the Grad-CAM (layer4) of grades[i] over photograph images[i], captioned."""
-    table = pd.DataFrame({"path": [str(p) for p in images], "label": grades})
-    dataset = FundusDataset(table, Path(), pred.image_size)
-    loader = loader_for(dataset, batch_size or pred.cfg.eval.batch_size)
-    done = 0
+    """files[i]: the Grad-CAM (layer4) of grades[i] over images(i), a preprocessed (S, S, 3)
+    uint8 square, captioned."""
+    step = batch_size or pred.cfg.eval.batch_size
     with GradCAM(pred.model, pred.model.layer4) as cam:
-        for batch, target in tqdm(loader, desc="grad-cam", leave=False, disable=None):
-            for heat in cam(pred.transform(batch), target):
-                with Image.open(images[done]) as photo:
-                    # fast zlib level: 4x quicker than the default, files ~10% larger
-                    overlay(photo, heat, captions[done]).save(files[done], "PNG", compress_level=1)
-                done += 1
+        for start in tqdm(range(0, len(files), step), desc="grad-cam", leave=False, disable=None):
+            chunk = [images(i) for i in range(start, min(start + step, len(files)))]
+            batch = torch.from_numpy(np.stack(chunk).transpose(0, 3, 1, 2).copy())
+            target = torch.tensor(grades[start : start + len(chunk)])
+            for k, heat in enumerate(cam(pred.transform(batch), target)):
+                # fast zlib level: 4x quicker than the default, files ~10% larger
+                out = overlay(chunk[k], heat, captions[start + k])
+                out.save(files[start + k], "PNG", compress_level=1)
 
 
 def write_prediction_cams(
@@ -193,8 +204,8 @@ def write_prediction_cams(
     prob = table[PROBS].to_numpy().max(1)
     rows = zip(table.grade, table.grade_name, prob, strict=True)
     captions = [f"{grade} {name}  {p:.0%}" for grade, name, p in rows]
-    images = [Path(p) for p in table.path]
-    write_cams(pred, images, table.grade.to_numpy(), captions, files, batch_size)
+    photos = pred.photos([Path(p) for p in table.path])
+    write_cams(pred, photos.load, table.grade.to_numpy(), captions, files, batch_size)
     return files
 
 
@@ -210,10 +221,11 @@ def gallery_rows(table: pd.DataFrame, per_grade: int = 1) -> pd.DataFrame:
 
 
 def write_gallery(
-    pred: Predictor, table: pd.DataFrame, data_root: Path, out_dir: Path, per_grade: int = 1
+    pred: Predictor, table: pd.DataFrame, images: np.ndarray, out_dir: Path, per_grade: int = 1
 ) -> list[Path]:
     """Grad-CAMs of `gallery_rows(table)` for the predicted grade, named
-    grade<true>_<correct|wrong>_<image>.png."""
+    grade<true>_<correct|wrong>_<image>.png; images[i] is the preprocessed image of table row i
+    (a cached split)."""
     rows = gallery_rows(table, per_grade)
     out_dir.mkdir(parents=True, exist_ok=True)
     files, captions = [], []
@@ -224,7 +236,6 @@ def write_gallery(
         captions.append(
             f"{truth}\npredicted {r.predicted} {GRADE_NAMES[r.predicted]}  {r.confidence:.0%}"
         )
-    write_cams(
-        pred, [data_root / p for p in rows.image], rows.predicted.to_numpy(), captions, files
-    )
+    picked = rows.index.to_numpy()  # positions in `table`, hence in `images`
+    write_cams(pred, lambda k: images[picked[k]], rows.predicted.to_numpy(), captions, files)
     return files

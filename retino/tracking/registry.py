@@ -12,7 +12,7 @@ from retino.tracking.store import DEFAULT_EXPERIMENT, Store, retry
 
 
 def resolve_run(store: Store, source: str, experiment: str = DEFAULT_EXPERIMENT) -> str:
-    """The run id behind `runs:/<id>/model`, `models:/<name>/<version>`, `models:/<name>@<alias>`
+    """The run id behind `runs:/<id>/<model>`, `models:/<name>/<version>`, `models:/<name>@<alias>`
     or a run name / DVC experiment name (the latest finished run carrying it)."""
     client = store.client
     if source.startswith("runs:/"):
@@ -35,7 +35,8 @@ def resolve_run(store: Store, source: str, experiment: str = DEFAULT_EXPERIMENT)
     if not runs:
         raise RetinoError(
             f"{source}: no checkpoint file, MLflow URI or finished run / DVC experiment of that "
-            f"name in {store.uri}; give models/best.pt, runs:/<id>/model or models:/<name>@<alias>"
+            f"name in {store.uri}; give models/best.pt, runs:/<id>/<model> or "
+            "models:/<name>@<alias>"
         )
     return max(runs, key=lambda r: r.info.start_time).info.run_id
 
@@ -96,7 +97,7 @@ def register_model(store: Store, run_id: str, name: str, alias: str | None = Non
         except MlflowException as err:
             if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
                 raise
-        # models:/<model id> is what runs:/<id>/model resolves to in MLflow 3
+        # models:/<model id> is what runs:/<id>/<model name> resolves to in MLflow 3
         version = retry(
             lambda: client.create_model_version(
                 name, f"models:/{model_id}", run_id=run_id, model_id=model_id

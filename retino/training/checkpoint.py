@@ -119,11 +119,10 @@ def load_resume(ckpt_dir: Path, tag: str) -> Checkpoint | None:
     return checkpoint if checkpoint.tag == tag else None
 
 
-def fingerprint(cfg: Config, prepared: Path) -> str:
-    """Identifies what a checkpoint was trained on: the config and the prepared split tables."""
+def fingerprint(cfg: Config, data_files: list[Path]) -> str:
+    """Identifies what a checkpoint was trained on: the config and the data (the prepared
+    tables and the cache's index, which holds their hashes and the normalisation)."""
     h = hashlib.sha256(json.dumps(cfg.flat(), sort_keys=True, default=str).encode())
-    for name in ("train.csv", "val.csv", "test.csv", "stats.json"):
-        path = Path(prepared) / name
-        if path.is_file():
-            h.update(path.read_bytes())
+    for path in data_files:
+        h.update(Path(path).read_bytes())
     return h.hexdigest()[:16]

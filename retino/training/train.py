@@ -21,13 +21,9 @@ from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 
 from retino.config import Config
-from retino.data.dataset import (
-    FundusDataset,
-    default_workers,
-    make_loader,
-    read_split,
-    read_stats,
-)
+from retino.data.cache import INDEX_FILE, open_index
+from retino.data.dataset import CachedSplit, default_workers, make_loader
+from retino.data.splits import read_split
 from retino.data.transforms import BatchTransform
 from retino.tracking.names import best_metrics, epoch_metrics, headline_placeholders, variant
 from retino.tracking.runs import open_run, run_name, run_params, run_tags, write_run_file
@@ -47,8 +43,8 @@ SELECTED = ("train_loss", "train_acc", "train_qwk", "val_loss", "val_acc", "val_
 
 def train(
     cfg: Config,
-    data_root: Path,
     prepared: Path,
+    cache: Path,
     models_dir: Path,
     reports_dir: Path,
     ckpt_dir: Path,
@@ -57,7 +53,7 @@ def train(
     torch.manual_seed(cfg.seed)  # model initialisation, identical on every rank
     job, device = setup(cfg.train, resolve_device(cfg.train.device))
     try:
-        return _train(cfg, job, device, data_root, prepared, models_dir, reports_dir, ckpt_dir)
+        return _train(cfg, job, device, prepared, cache, models_dir, reports_dir, ckpt_dir)
     finally:
         teardown(job)
 
@@ -66,18 +62,19 @@ def _train(
     cfg: Config,
     job: Dist,
     device: torch.device,
-    data_root: Path,
     prepared: Path,
+    cache: Path,
     models_dir: Path,
     reports_dir: Path,
     ckpt_dir: Path,
 ) -> FitResult:
-    stats = read_stats(prepared)
-    normalisation = {"mean": stats["mean"], "std": stats["std"]}
-    loaders = _loaders(cfg, data_root, prepared, device.type == "cuda", job)
+    index = open_index(cache, cfg.data.image_size, cfg.preprocess.normalize)
+    normalisation = {"mean": index["mean"], "std": index["std"]}
+    loaders = _loaders(cfg, prepared, cache, device.type == "cuda", job)
     trainee = _trainee(cfg, loaders, normalisation, device, job)
 
-    tag = checkpoint.fingerprint(cfg, prepared)
+    tables = [Path(prepared) / f"{split}.csv" for split in ("train", "val", "test")]
+    tag = checkpoint.fingerprint(cfg, [*tables, Path(cache) / INDEX_FILE])
     run_id = _claim_checkpoints(ckpt_dir, tag) if job.is_main else None
     barrier(job)  # every rank resumes from what rank 0 kept (one shared filesystem)
     resume = checkpoint.load_resume(ckpt_dir, tag)
@@ -181,12 +178,11 @@ def _trainee(
     )
 
 
-def _loaders(cfg: Config, data_root: Path, prepared: Path, pin: bool, job: Dist) -> Loaders:
-    workers = default_workers(cfg.data.num_workers)
-    size = cfg.data.image_size
+def _loaders(cfg: Config, prepared: Path, cache: Path, pin: bool, job: Dist) -> Loaders:
+    workers = default_workers(cfg.data.num_workers, pin)
 
     def loader(split: str, batch_size: int, shuffle: bool):
-        dataset = FundusDataset(read_split(prepared, split), data_root, size)
+        dataset = CachedSplit(cache, prepared, split)
         # The order of epoch e is a permutation seeded by (seed, e) (fit calls set_epoch),
         # whatever the loader did before: a resumed run gets the same batches as an
         # uninterrupted one. A DataLoader's own generator would not do: with persistent workers

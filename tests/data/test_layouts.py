@@ -2,11 +2,13 @@
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from PIL import Image
 
 from retino.cli import main
-from retino.data.layouts import validate
+from retino.data.validation import validate
+from retino.synth import synthesize
 
 
 def run_validate(capsys, root: Path) -> tuple[int, list[str], str]:
@@ -174,3 +176,75 @@ def test_shared_patient_is_a_warning(capsys, tiny_data):
 
 def test_missing_root(capsys, tmp_path):
     expect_problem(capsys, tmp_path / "nowhere", "dataset folder not found")
+
+
+def test_a_decimal_grade_in_row_one_is_a_grade_not_a_header(tiny_data):
+    label = tiny_data / "train_label.csv"
+    values = rows(label)
+    rewrite(label, [f"{values[0]}.0", *values[1:]])
+    report = validate(tiny_data)
+    assert report.problems == [] and len(report.samples["train"]) == 48
+    assert report.samples["train"][0].label == int(values[0])
+
+
+def test_a_fractional_grade_is_a_problem(capsys, tiny_data):
+    label = tiny_data / "train_label.csv"
+    rewrite(label, ["2.5", *rows(label)[1:]])
+    expect_problem(capsys, tiny_data, "train_label.csv:1:", "'2.5' is not an integer grade 0-4")
+
+
+@pytest.fixture
+def kaggle(tmp_path) -> Path:
+    synthesize(tmp_path / "kaggle", n_train=24, n_test=12, size=40, seed=6, layout="kaggle")
+    return tmp_path / "kaggle"
+
+
+def test_kaggle_layout_is_detected_and_summarised(capsys, kaggle):
+    code, err, out = run_validate(capsys, kaggle)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "layout: kaggle"
+    train = next(line for line in lines if line.startswith("train"))
+    assert train.split()[1] == "24"
+    usage = pd.read_csv(kaggle / "testLabels.csv").Usage.value_counts()
+    assert f"test Usage: Public {usage['Public']}, Private {usage['Private']}" in lines
+
+
+def test_kaggle_header_must_name_the_columns(capsys, kaggle):
+    path = kaggle / "trainLabels.csv"
+    rewrite(path, ["img,grade", *rows(path)[1:]])
+    expect_problem(capsys, kaggle, "trainLabels.csv:1: header img,grade lacks image, level")
+
+
+def test_kaggle_rows_are_checked_like_the_labs(capsys, kaggle):
+    path = kaggle / "trainLabels.csv"
+    table = rows(path)
+    table[1] = table[1].split(",")[0] + ",7"  # row 2: a bad grade
+    rewrite(path, table)
+    name = table[2].split(",")[0]
+    (kaggle / "train" / f"{name}.jpeg").unlink()  # row 3: a missing image
+    test = kaggle / "testLabels.csv"
+    test_rows = rows(test)
+    test_rows[2] = test_rows[2].rsplit(",", 1)[0] + ",Secret"
+    rewrite(test, test_rows)
+    code, err, _ = run_validate(capsys, kaggle)
+    assert code == 2 and len(err) == 3
+    assert any(f"{test}:3: Usage 'Secret' is not Public or Private" in line for line in err)
+    assert any(f"{path}:2: label '7' is not an integer grade" in line for line in err)
+    assert any(f"{path}:3: image" in line and "not found" in line for line in err)
+
+
+def test_aptos_layout_has_only_a_train_split(capsys, tmp_path):
+    synthesize(tmp_path / "aptos", n_train=20, n_test=5, size=40, seed=6, layout="aptos")
+    code, err, out = run_validate(capsys, tmp_path / "aptos")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "layout: aptos" and lines[2].split()[:2] == ["train", "25"]
+    assert len(lines) == 3  # no test split: prepare carves one out
+
+
+def test_an_unknown_layout_names_the_ones_it_knows(capsys, tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "labels.csv").write_text("file,grade\n")
+    line = expect_problem(capsys, tmp_path / "photos", "no known dataset layout")
+    assert "trainLabels.csv" in line and "train.csv" in line and "train_img.csv" in line

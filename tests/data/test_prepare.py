@@ -1,4 +1,6 @@
 import json
+import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -6,6 +8,7 @@ import pytest
 from retino.data.layouts import patient_of
 from retino.data.prepare import prepare
 from retino.errors import RetinoError
+from retino.synth import synthesize
 from tests.conftest import tiny_config
 
 
@@ -30,9 +33,12 @@ def test_split_is_grouped_stratified_and_deterministic(tiny_data, tmp_path):
     assert (tiny_data / train.path[0]).is_file()
 
     stats = json.loads((tmp_path / "a" / "stats.json").read_text())
-    assert sum(stats["counts"]["train"]) == len(train)
+    assert stats["layout"] == "lab"
+    assert (
+        stats["counts"]["train"]
+        == train.label.value_counts().reindex(range(5), fill_value=0).tolist()
+    )
     assert sum(stats["counts"]["test"]) == 16
-    assert all(0 < m < 1 for m in stats["mean"]) and all(0 < s < 0.5 for s in stats["std"])
 
 
 def test_other_seed_other_split(tiny_data, tmp_path):
@@ -46,3 +52,52 @@ def test_invalid_data_writes_nothing(tiny_data, tmp_path):
     with pytest.raises(RetinoError, match=r"48 images but train_label\.csv has 3 labels"):
         prepare(tiny_data, tmp_path / "out", tiny_config())
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def kaggle(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("kaggle") / "data"
+    synthesize(out, n_train=48, n_test=30, size=48, seed=3, layout="kaggle")
+    return out
+
+
+def test_kaggle_layout_keeps_its_test_split(kaggle, tmp_path):
+    report = prepare(kaggle, tmp_path / "p", tiny_config())
+    assert report.layout.name == "kaggle"
+    test = pd.read_csv(tmp_path / "p" / "test.csv")
+    labels = pd.read_csv(kaggle / "testLabels.csv")
+    assert sorted(test.path) == sorted(f"test/{name}.jpeg" for name in labels.image)
+    train, val = (pd.read_csv(tmp_path / "p" / f"{s}.csv") for s in ("train", "val"))
+    assert len(train) + len(val) == 48 and all(p.startswith("train/") for p in train.path)
+
+
+def test_kaggle_usage_split_makes_public_val_and_private_test(kaggle, tmp_path):
+    prepare(kaggle, tmp_path / "p", tiny_config(data__kaggle_usage_split=True))
+    labels = pd.read_csv(kaggle / "testLabels.csv")
+    names = {s: {Path(p).stem for p in pd.read_csv(tmp_path / "p" / f"{s}.csv").path}
+             for s in ("train", "val", "test")}  # fmt: skip
+    assert names["val"] == set(labels.image[labels.Usage == "Public"])
+    assert names["test"] == set(labels.image[labels.Usage == "Private"])
+    assert len(names["train"]) == 48  # train stays whole
+
+
+def test_usage_split_needs_a_usage_column(kaggle, tmp_path):
+    data = Path(shutil.copytree(kaggle, tmp_path / "data"))
+    labels = pd.read_csv(data / "testLabels.csv")
+    labels.drop(columns="Usage").to_csv(data / "testLabels.csv", index=False)
+    prepare(data, tmp_path / "plain", tiny_config())  # without the option it is not needed
+    with pytest.raises(RetinoError, match=r"kaggle_usage_split: needs Kaggle's testLabels\.csv"):
+        prepare(data, tmp_path / "p", tiny_config(data__kaggle_usage_split=True))
+
+
+def test_aptos_layout_carves_a_test_split_out_of_train(tmp_path):
+    data = tmp_path / "aptos"
+    synthesize(data, n_train=60, n_test=20, size=48, seed=4, layout="aptos")
+    report = prepare(data, tmp_path / "p", tiny_config(data__test_fraction=0.25))
+    assert report.layout.name == "aptos" and set(report.samples) == {"train"}
+    splits = {s: pd.read_csv(tmp_path / "p" / f"{s}.csv") for s in ("train", "val", "test")}
+    assert sum(len(t) for t in splits.values()) == 80
+    assert 0.15 <= len(splits["test"]) / 80 <= 0.35
+    paths = [set(t.path) for t in splits.values()]
+    assert not (paths[0] & paths[1] or paths[0] & paths[2] or paths[1] & paths[2])
+    assert all(p.startswith("train_images/") and p.endswith(".png") for p in splits["test"].path)

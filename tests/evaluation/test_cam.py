@@ -12,11 +12,10 @@ from PIL import Image
 from torch import nn
 
 from retino.cli import main as cli
-from retino.data.prepare import prepare
-from retino.evaluation.cam import GradCAM, overlay
-from retino.evaluation.predict import gallery_rows
+from retino.evaluation.cam import DISPLAY_SIDE, GradCAM, overlay
+from retino.evaluation.predict import gallery_rows, load_predictor
 from retino.training.models import build_model
-from tests.conftest import tiny_config
+from tests.conftest import prepare_and_cache, tiny_config
 from tests.evaluation.test_predict import save_checkpoint
 
 
@@ -64,22 +63,21 @@ def test_map_is_hot_where_the_evidence_for_the_grade_is():
     assert maps[1, 3, 2] == 1 and maps[1].sum() == 1
 
 
-def test_overlay_covers_the_centre_square_at_the_photos_size():
-    photo = Image.new("RGB", (300, 200), (90, 40, 20))
+def test_overlay_paints_the_heat_over_the_models_input():
+    square = np.full((112, 112, 3), (90, 40, 20), dtype=np.uint8)  # a preprocessed image
     heat = torch.zeros(4, 4)
     heat[2, 2] = 1
-    out = overlay(photo, heat, "2 Moderate  91%")
-    assert out.size == (300, 200)
+    out = overlay(square, heat, "2 Moderate  91%")
+    assert out.size == (DISPLAY_SIDE, DISPLAY_SIDE)  # small inputs are enlarged for viewing
     pixels = np.asarray(out).astype(int)
-    # outside the 200 x 200 centre square the model saw, below the caption: the photograph
-    assert (pixels[60:, :50] == (90, 40, 20)).all() and (pixels[60:, 250:] == (90, 40, 20)).all()
-    # inside: painted where the heat is, untouched where it is 0
-    assert np.abs(pixels[125, 175] - (90, 40, 20)).sum() > 60
-    assert (pixels[190, 60] == (90, 40, 20)).all()
+    cell = DISPLAY_SIDE // 4
+    # painted where the heat is (cell row 2, column 2), untouched where it is 0
+    assert np.abs(pixels[cell * 5 // 2, cell * 5 // 2] - (90, 40, 20)).sum() > 60
+    assert (pixels[-10, 10] == (90, 40, 20)).all()
     assert (pixels[:2, :2] == 0).all()  # the corner of the caption's black box
 
-    big = overlay(Image.new("RGB", (3000, 2000)), heat, "x")
-    assert big.size == (1024, 683)  # large photographs are shrunk for viewing
+    big = overlay(np.zeros((512, 512, 3), np.uint8), heat, "x")
+    assert big.size == (512, 512)  # an input larger than the display side keeps its size
 
 
 def test_gallery_picks_the_most_confident_right_and_wrong_per_grade():
@@ -101,8 +99,8 @@ def test_gallery_picks_the_most_confident_right_and_wrong_per_grade():
 def workspace(tiny_source, tmp_path_factory):
     root = tmp_path_factory.mktemp("cam")
     shutil.copytree(tiny_source, root / "data")
-    prepare(root / "data", root / "prepared", tiny_config())
-    save_checkpoint(root / "best.pt", root / "prepared")
+    prepare_and_cache(root / "data", root, tiny_config())
+    save_checkpoint(root / "best.pt", root / "preprocessed")
     return root
 
 
@@ -116,19 +114,23 @@ def test_predict_writes_a_cam_per_image(workspace, tmp_path):
     assert code == 0
     table = pd.read_csv(tmp_path / "p.csv")
     assert len(set(table.cam)) == 6 and table.cam.iloc[-1].endswith(f"{images[0].stem}-2.png")
-    for source, cam in zip(table.path, table.cam, strict=True):
-        with Image.open(source) as photo, Image.open(cam) as painted:
-            assert painted.format == "PNG" and painted.size == photo.size == (48, 48)
-            plain = np.asarray(photo.convert("RGB")).astype(int)
+    photos = load_predictor(str(workspace / "best.pt"), "cpu").photos(list(table.path))
+    for i, cam in enumerate(table.cam):
+        # what the model saw, enlarged as the overlay enlarges it
+        seen = Image.fromarray(photos.load(i)).resize((DISPLAY_SIDE, DISPLAY_SIDE),
+                                                      Image.Resampling.BICUBIC)  # fmt: skip
+        with Image.open(cam) as painted:
+            assert painted.format == "PNG" and painted.size == (DISPLAY_SIDE, DISPLAY_SIDE)
             drawn = np.asarray(painted.convert("RGB")).astype(int)
         assert drawn.std() > 20  # not blank
-        assert np.abs(drawn - plain)[24:, :].mean() > 2  # heat painted below the caption
+        below_caption = np.abs(drawn - np.asarray(seen).astype(int))[DISPLAY_SIDE // 4 :, :]
+        assert below_caption.mean() > 2  # heat painted over the image
 
 
 def test_explain_writes_a_small_gallery(workspace, tmp_path, capsys):
     out = tmp_path / "gallery"
-    code = cli(["explain", "--model", str(workspace / "best.pt"), "--data",
-                str(workspace / "data"), "--prepared", str(workspace / "prepared"),
+    code = cli(["explain", "--model", str(workspace / "best.pt"), "--prepared",
+                str(workspace / "prepared"), "--preprocessed", str(workspace / "preprocessed"),
                 "--out", str(out)])  # fmt: skip
     assert code == 0
     files = sorted(out.iterdir())
@@ -140,4 +142,4 @@ def test_explain_writes_a_small_gallery(workspace, tmp_path, capsys):
         grade, verdict, name = file.stem.split("_", 2)
         assert grade in {f"grade{g}" for g in range(5)} and verdict in {"correct", "wrong"}
         assert f"images/{name}.jpeg" in test_images
-        assert Image.open(file).size == (48, 48)
+        assert Image.open(file).size == (DISPLAY_SIDE, DISPLAY_SIDE)

@@ -8,24 +8,25 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from retino.cli import main as cli
-from retino.data.dataset import load_image, read_stats
-from retino.data.prepare import prepare
-from retino.evaluation.evaluate import evaluate_test
+from retino.data.cache import read_index
+from retino.evaluation.evaluate import cached_test, evaluate_test
 from retino.evaluation.predict import PROBS, load_predictor
+from retino.synth import synthesize
 from retino.training import checkpoint
 from retino.training.models import build_model
 from retino.training.train import train
-from tests.conftest import tiny_config
+from tests.conftest import prepare_and_cache, tiny_config
 
 
-def save_checkpoint(path: Path, prepared: Path, seed: int = 0) -> Path:
+def save_checkpoint(path: Path, cache: Path, seed: int = 0) -> Path:
     """A checkpoint shaped like train's best.pt: untrained weights (predictions need no skill),
-    the tiny config and the mean/std of `prepared`."""
+    the tiny config and the mean/std of the preprocessed images in `cache`."""
     torch.manual_seed(seed)
     cfg = tiny_config()
-    stats = read_stats(prepared)
+    stats = read_index(cache)
     state = checkpoint.Checkpoint(
         model=build_model(cfg.arch).state_dict(), config=cfg.to_dict(),
         normalisation={"mean": stats["mean"], "std": stats["std"]},
@@ -40,9 +41,9 @@ def workspace(tiny_source, tmp_path_factory) -> Path:
     """data/, prepared/ and models/best.pt (untrained, with mean/std)."""
     root = tmp_path_factory.mktemp("predict")
     shutil.copytree(tiny_source, root / "data")
-    prepare(root / "data", root / "prepared", tiny_config())
+    prepare_and_cache(root / "data", root, tiny_config())
     (root / "models").mkdir()
-    save_checkpoint(root / "models" / "best.pt", root / "prepared")
+    save_checkpoint(root / "models" / "best.pt", root / "preprocessed")
     return root
 
 
@@ -54,7 +55,8 @@ def run_cli(args: list[str], capfd) -> tuple[int, str]:
 
 def test_predictions_match_the_evaluate_stage(workspace, tmp_path, capfd):
     ckpt = workspace / "models" / "best.pt"
-    evaluate_test(load_predictor(str(ckpt), "cpu"), workspace / "data", workspace / "prepared",
+    pred = load_predictor(str(ckpt), "cpu")
+    evaluate_test(pred, cached_test(pred, workspace / "prepared", workspace / "preprocessed"),
                   tmp_path / "eval")  # fmt: skip
     expected = pd.read_csv(tmp_path / "eval" / "predictions.csv")
 
@@ -132,7 +134,7 @@ def test_damaged_checkpoint_is_rejected(workspace, tmp_path, capfd):
 @pytest.fixture(scope="module")
 def trained(tiny_source, tmp_path_factory) -> Path:
     """A project trained by the train step (1 epoch) as DVC experiment `tiny-exp`: an MLflow
-    store with one finished run, its logged model and checkpoints/best.pt."""
+    store with one finished run and its logged model (best.pt, with config and mean/std)."""
     root = tmp_path_factory.mktemp("trained")
     shutil.copytree(tiny_source, root / "data")
     cfg = tiny_config(train__epochs=1)
@@ -141,10 +143,11 @@ def trained(tiny_source, tmp_path_factory) -> Path:
         mp.setenv("DVC_ROOT", str(root))
         mp.setenv("DVC_EXP_NAME", "tiny-exp")
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        prepare(root / "data", root / "prepared", cfg)
+        prepare_and_cache(root / "data", root, cfg)
         train(
-            cfg, root / "data", root / "prepared", root / "models", root / "reports", root / "ckpt"
-        )
+            cfg, root / "prepared", root / "preprocessed", root / "models", root / "reports",
+            root / "ckpt",
+        )  # fmt: skip
     return root
 
 
@@ -161,7 +164,7 @@ def test_registry_round_trip(in_trained, tmp_path, capfd):
 
     run_id = json.loads((in_trained / "models" / "run.json").read_text())["run_id"]
     best = checkpoint.load(in_trained / "models" / "best.pt")  # train stores the normalisation
-    stats = read_stats(in_trained / "prepared")
+    stats = read_index(in_trained / "preprocessed")
     assert best.normalisation == {"mean": stats["mean"], "std": stats["std"]}
     code, err = run_cli(["register", "--run", run_id, "--name", "retino-dr",
                          "--alias", "champion"], capfd)  # fmt: skip
@@ -181,7 +184,8 @@ def test_registry_round_trip(in_trained, tmp_path, capfd):
 
     # the registered MLflow model: same normalised input -> logits whose softmax is predict's
     pred = load_predictor("models:/retino-dr@champion", "cpu")
-    batch = torch.stack([load_image(str(p), pred.image_size) for p in images])
+    photos = pred.photos(images)
+    batch = torch.stack([photos[i][0] for i in range(len(images))])
     x = pred.transform(batch).numpy()
     logits = np.asarray(mlflow.pyfunc.load_model("models:/retino-dr@champion").predict(x))
     probs = torch.softmax(torch.as_tensor(logits), 1).numpy()
@@ -223,3 +227,26 @@ def test_no_store_is_a_one_line_error(workspace, tmp_path, monkeypatch, capfd):
     code, err = run_cli(["predict", image, "--model", "some-experiment"], capfd)
     assert code == 2 and err.startswith("error: no MLflow store at") and err.count("\n") == 1
     assert not (tmp_path / "mlflow.db").exists()  # a typo never creates an empty store
+
+
+def test_a_raw_camera_frame_is_graded_as_its_cached_twin(tmp_path, capfd):
+    """The photograph at full size through `retino predict` and its row of the preprocessed
+    cache through evaluate: the same pixels reach the model, so the same probabilities."""
+    synthesize(tmp_path / "data", n_train=12, n_test=6, size=None, seed=8, frame=(1000, 700))
+    cfg = tiny_config(data__val_fraction=0.5)
+    prepare_and_cache(tmp_path / "data", tmp_path, cfg)
+    save_checkpoint(tmp_path / "best.pt", tmp_path / "preprocessed")
+    pred = load_predictor(str(tmp_path / "best.pt"), "cpu")
+    cached = cached_test(pred, tmp_path / "prepared", tmp_path / "preprocessed")
+    _, evaluated = evaluate_test(pred, cached, tmp_path / "eval")
+
+    frames = [tmp_path / "data" / p for p in evaluated.image]
+    assert Image.open(frames[0]).size == (1000, 700)
+    code, err = run_cli(["predict", *frames, "--model", tmp_path / "best.pt",
+                         "--out", tmp_path / "p.csv"], capfd)  # fmt: skip
+    assert code == 0, err
+    graded = pd.read_csv(tmp_path / "p.csv")
+    assert list(graded.path) == [str(p) for p in frames]
+    photos = pred.photos(frames)
+    assert all(np.array_equal(photos.load(i), cached.images[i]) for i in range(len(frames)))
+    np.testing.assert_allclose(graded[PROBS], evaluated[PROBS], rtol=0, atol=1e-6)

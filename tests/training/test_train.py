@@ -21,7 +21,8 @@ from tests.conftest import ROOT, tiny_config
 
 def run_train(root: Path, cfg, name: str = "") -> dict:
     out = root / name if name else root
-    train(cfg, root / "data", root / "prepared", out / "models", out / "reports", out / "ckpt")
+    data = (root / "prepared", root / "preprocessed")
+    train(cfg, *data, out / "models", out / "reports", out / "ckpt")
     return json.loads((out / "reports" / "metrics.json").read_text())
 
 
