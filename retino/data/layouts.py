@@ -9,6 +9,7 @@ The CSVs are normally headerless. A header row is recognised and skipped (the la
 """
 
 import csv
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -103,9 +104,9 @@ def _read_split(root: Path, split: str, report: Report, seen: dict[str, str]):
     if missing:
         return []
     names, labels = _read_column(img_csv, report), _read_column(label_csv, report)
-    # A header is a first label row that is not an integer while the next one is; the image CSV
-    # then has one too unless its first row names an existing image.
-    if len(labels) > 1 and not _is_int(labels[0][1]) and _is_int(labels[1][1]):
+    # A header is a first label row that is not a number at all (`level`, not `2.0`) while the
+    # next one is; the image CSV then has one too unless its first row names an existing image.
+    if len(labels) > 1 and not _is_number(labels[0][1]) and _is_number(labels[1][1]):
         labels = labels[1:]
         if names and not (root / _image_path(names[0][1])).is_file():
             names = names[1:]
@@ -121,8 +122,8 @@ def _read_split(root: Path, split: str, report: Report, seen: dict[str, str]):
     samples = []
     for (name_row, name), (label_row, raw_label) in zip(names, labels, strict=True):
         where = f"{img_csv}:{name_row}"
-        label = int(raw_label) if _is_int(raw_label) else None
-        if label is None or not 0 <= label < NUM_CLASSES:
+        label = _grade(raw_label)
+        if label is None:
             report.problems.append(
                 f"{label_csv}:{label_row}: label {raw_label!r} is not an integer grade 0-4; "
                 "fix the label"
@@ -153,12 +154,20 @@ def _read_column(path: Path, report: Report) -> list[tuple[int, str]]:
     return [(i, r[0].strip()) for i, r in rows if r and r[0].strip()]
 
 
-def _is_int(value: str) -> bool:
+def _is_number(value: str) -> bool:
     try:
-        int(value)
+        float(value)
     except ValueError:
         return False
     return True
+
+
+def _grade(value: str) -> int | None:
+    """The grade a label cell holds: `2`, or `2.0` as spreadsheets and pandas export it."""
+    number = float(value) if _is_number(value) else math.nan
+    if not number.is_integer() or not 0 <= number < NUM_CLASSES:  # nan and inf are not integers
+        return None
+    return int(number)
 
 
 def _image_path(name: str) -> str:
