@@ -35,6 +35,9 @@ def split_train_val(samples: list[Sample], val_fraction: float, seed: int):
     return [samples[i] for i in train_idx], [samples[i] for i in val_idx]
 
 
+MIN_STD = 1e-3  # on the 0-1 scale: a quarter of one 8-bit grey level
+
+
 def channel_stats(root: Path, samples: list[Sample], limit: int, seed: int) -> dict[str, list]:
     """Per-channel mean/std (0-1 scale) over up to `limit` images picked with `seed`."""
     rng = np.random.default_rng(seed)
@@ -50,8 +53,21 @@ def channel_stats(root: Path, samples: list[Sample], limit: int, seed: int) -> d
         total += x.sum(0)
         total_sq += (x**2).sum(0)
         pixels += len(x)
+    if pixels == 0:
+        raise RetinoError(
+            f"{root}: no train images sampled for the channel mean/std; set data.stats_images >= 1"
+        )
     mean = total / pixels
-    std = np.sqrt(np.maximum(total_sq / pixels - mean**2, 1e-12))
+    std = np.sqrt(np.maximum(total_sq / pixels - mean**2, 0))
+    # Training divides by std: a channel without variation (blank or single-colour images)
+    # would turn every input into inf or NaN and the training loss with it.
+    if not (np.isfinite(mean).all() and np.isfinite(std).all()) or std.min() < MIN_STD:
+        shown = ", ".join(f"{v:.4f}" for v in std)
+        raise RetinoError(
+            f"{root}: the {len(chosen)} sampled train images have channel std ({shown}), "
+            f"below {MIN_STD} or not finite: blank or single-colour images; check the images, "
+            "or sample more with data.stats_images"
+        )
     return {"mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in std]}
 
 
@@ -61,6 +77,8 @@ def prepare(data_root: Path, out: Path, cfg: Config) -> Report:
     report.raise_if_invalid()
     train, val = split_train_val(report.samples["train"], cfg.data.val_fraction, cfg.seed)
     splits = {"train": train, "val": val, "test": report.samples["test"]}
+    # before writing anything: statistics that cannot normalise are an error
+    stats = channel_stats(data_root, train, cfg.data.stats_images, cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
     for name, samples in splits.items():
         table = pd.DataFrame(
@@ -71,6 +89,5 @@ def prepare(data_root: Path, out: Path, cfg: Config) -> Report:
         name: np.bincount([s.label for s in samples], minlength=NUM_CLASSES).tolist()
         for name, samples in splits.items()
     }
-    stats = {"counts": counts, **channel_stats(data_root, train, cfg.data.stats_images, cfg.seed)}
-    (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    (out / "stats.json").write_text(json.dumps({"counts": counts, **stats}, indent=2) + "\n")
     return report

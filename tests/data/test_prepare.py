@@ -2,9 +2,10 @@ import json
 
 import pandas as pd
 import pytest
+from PIL import Image
 
-from retino.data.layouts import patient_of
-from retino.data.prepare import prepare
+from retino.data.layouts import patient_of, validate
+from retino.data.prepare import channel_stats, prepare
 from retino.errors import RetinoError
 from tests.conftest import tiny_config
 
@@ -46,3 +47,22 @@ def test_invalid_data_writes_nothing(tiny_data, tmp_path):
     with pytest.raises(RetinoError, match=r"48 images but train_label\.csv has 3 labels"):
         prepare(tiny_data, tmp_path / "out", tiny_config())
     assert not (tmp_path / "out").exists()
+
+
+def test_blank_images_are_refused_before_anything_is_written(tiny_data, tmp_path):
+    # every image one flat grey: a channel std of 0 would make training divide by zero
+    for path in (tiny_data / "images").iterdir():
+        Image.new("RGB", (48, 48), (90, 40, 20)).save(path, "JPEG")
+    with pytest.raises(RetinoError) as err:
+        prepare(tiny_data, tmp_path / "out", tiny_config())
+    message = str(err.value)
+    assert "\n" not in message
+    assert "sampled train images have channel std (0.0000, 0.0000, 0.0000)" in message
+    assert "blank or single-colour images" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_zero_images_sampled_is_refused(tiny_data):
+    samples = validate(tiny_data).samples["train"]
+    with pytest.raises(RetinoError, match=r"no train images sampled .* data\.stats_images >= 1"):
+        channel_stats(tiny_data, samples, limit=0, seed=0)
