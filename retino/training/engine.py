@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from retino.config import Config, TrainConfig
+from retino.config import DEVICE, Config, TrainConfig
 from retino.data.transforms import BatchTransform
 from retino.errors import RetinoError
 from retino.metrics import quick_metrics
@@ -33,9 +33,18 @@ SINGLE = Dist()  # a plain single-process run
 
 
 def resolve_device(name: str) -> torch.device:
+    """auto | cpu | cuda | cuda:N as a device of this machine; anything else is a RetinoError
+    (`train.device` in params.yaml, `--device` of retino predict)."""
+    if not DEVICE.fullmatch(name):
+        raise RetinoError(f"device {name!r}: expected auto, cpu, cuda or cuda:N")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device.type == "cuda" and (device.index or 0) >= count:
+        have = f"CUDA devices cuda:0 to cuda:{count - 1}" if count else "no CUDA device"
+        raise RetinoError(f"device {name!r}: this machine has {have}; use auto or cpu")
+    return device
 
 
 def autocast(device: torch.device):

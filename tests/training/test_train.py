@@ -184,3 +184,10 @@ def test_bad_normalisation_is_one_line_from_the_stage(project):
     assert "input normalisation bad" in last
     assert not (project / "out" / "models").exists() and not (project / "out" / "reports").exists()
     assert list(runs(project).status) == ["FAILED"]
+
+
+def test_a_gpu_this_machine_lacks_fails_before_training(tmp_path):
+    missing = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU, on any machine
+    with pytest.raises(RetinoError, match=rf"^device '{missing}': this machine has .*; use auto"):
+        run_train(tmp_path, tiny_config(train__device=missing))
+    assert list(tmp_path.iterdir()) == []  # no run, no checkpoint folder
