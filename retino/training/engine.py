@@ -42,7 +42,7 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if device.type == "cuda" and (device.index or 0) >= count:
-        have = f"CUDA devices cuda:0 to cuda:{count - 1}" if count else "no CUDA device"
+        have = {0: "no CUDA device", 1: "one, cuda:0"}.get(count, f"cuda:0 to cuda:{count - 1}")
         raise RetinoError(f"device {name!r}: this machine has {have}; use auto or cpu")
     return device
 
