@@ -257,7 +257,7 @@ class Config(_Checked):
     PREFIX: ClassVar[str] = ""
     arch: str = param(Choice(ARCHS), "torchvision ResNet")
     pretrained: bool | str = param(
-        Either((FLAG, Pattern(re.compile(r".*\S.*"), "")), "true, false or a .pth file path"),
+        Either((FLAG, Pattern(re.compile(r".*\S.*"), "a path")), "true, false or a .pth file path"),
         "true = torchvision ImageNet weights (from $TORCH_HOME), or a .pth state dict",
     )
     seed: int = param(

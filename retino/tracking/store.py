@@ -5,6 +5,8 @@ with artifacts in `<root>/mlruns`, where root is the main workspace: DVC_ROOT (D
 for queued runs executing in .dvc/tmp/exps/tmpXXXX), else the git top level. Never a relative
 path: a queued run's working copy is deleted afterwards.
 
+`check_server` turns a tracking server that does not answer into one line, before a stage works.
+
 Reads go through `Store.client`, an MlflowClient bound to the store's URI. Only `runs.open_run`
 points MLflow's global ("fluent") state at the store, because `mlflow.pytorch.log_model` and
 system metrics exist only for an active run.
