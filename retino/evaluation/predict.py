@@ -81,7 +81,10 @@ def load_predictor(source: str, device: str = "auto") -> Predictor:
     dev = resolve_device(device)
     with _checkpoint_file(source) as (path, origin):
         state = checkpoint.load(path, origin)
-    cfg = from_dict(state.config)
+    try:
+        cfg = from_dict(state.config)
+    except RetinoError as err:  # a checkpoint of an older retino, with other keys
+        raise RetinoError(f"{origin}: stored config: {err}; train it again") from None
     model = build_model(cfg.arch)  # the checkpoint holds every weight
     model.load_state_dict(state.model)
     mean, std = state.normalisation["mean"], state.normalisation["std"]
