@@ -27,7 +27,6 @@ from retino.config import Config
 from retino.data.cache import INDEX_FILE, table_sha256
 from retino.data.fundus import preprocess_image
 from retino.data.images import ImageError
-from retino.data.layouts import MAX_REPORTED
 from retino.data.splits import SPLITS, read_split
 from retino.data.validation import cpu_workers
 from retino.errors import RetinoError
@@ -48,9 +47,7 @@ def preprocess(data_root: Path, prepared: Path, out: Path, cfg: Config) -> dict:
             images, partial, data.image_size, cfg.preprocess.normalize, data.max_pixels, workers
         )
         if failures:
-            shown = failures[:MAX_REPORTED]
-            more = [f"... and {len(failures) - len(shown)} more"][: len(failures) > len(shown)]
-            raise RetinoError("\n".join([*shown, *more]))
+            raise RetinoError.of_lines(failures)
         stats = channel_stats(partial / "train.npy", data.stats_images, cfg.seed)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)  # nothing half-written is left behind
