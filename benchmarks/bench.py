@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.baseline import lab_report_loader, lab_report_step
-from retino.config import AugmentConfig, TrainConfig
+from retino.config import AugmentConfig, load_config
 from retino.data.dataset import CachedImages, default_workers, make_loader
 from retino.data.fundus import preprocess_image
 from retino.data.layouts import read_layout
@@ -48,6 +48,7 @@ from retino.data.validation import DEFAULT_MAX_PIXELS, cpu_workers
 from retino.errors import RetinoError
 from retino.training.models import build_model
 
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 WARMUP_BATCHES = 3  # the heap, the page cache and the workers reach a steady state
 LAB_REPORT_FLIPS = AugmentConfig(
     hflip=0.5, vflip=0.5, rotation=0.0, scale_min=1.0, color_jitter=0.0
@@ -148,7 +149,7 @@ def bench_train(data: Path, arch: str, size: int, batch_size: int, batches: int)
         torch.manual_seed(0)
         transform = BatchTransform(MEAN, STD, device, LAB_REPORT_FLIPS, channels_last=cuda)
         model = build_model(arch).to(device, memory_format=transform.memory_format)
-        optimizer = make_optimizer(model, TrainConfig())
+        optimizer = make_optimizer(model, load_config(PARAMS).train)  # the committed recipe
         criterion = torch.nn.CrossEntropyLoss()
         generator = torch.Generator().manual_seed(0)
 

@@ -60,6 +60,7 @@ def _port(text: str) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from retino.atomic import check_writable, write_atomic
     from retino.evaluation.predict import (
         expand_inputs,
         load_predictor,
@@ -68,6 +69,11 @@ def _predict(args: argparse.Namespace) -> int:
     )
 
     paths = expand_inputs(args.images)
+    # where the results go, checked before a single image is graded
+    if args.out:
+        check_writable(args.out)
+    if args.cam:
+        check_writable(args.cam, folder=True)
     predictor = load_predictor(args.model, args.device)
     table, failed = predict_images(predictor, paths, args.batch_size)
     for path, error in failed:
@@ -76,7 +82,10 @@ def _predict(args: argparse.Namespace) -> int:
         raise RetinoError(f"none of the {len(paths)} images could be read")
     if args.cam:
         table["cam"] = write_prediction_cams(predictor, table, args.cam, args.batch_size)
-    table.to_csv(args.out or sys.stdout, index=False)
+    if args.out:
+        write_atomic(args.out, table.to_csv(index=False))
+    else:
+        table.to_csv(sys.stdout, index=False)
     referable = (table.referable == "yes").sum()
     print(f"graded {len(table)} images with {predictor.origin}: {referable} referable (grade >= 2)"
           + (f", {len(failed)} unreadable skipped" if failed else ""), file=sys.stderr)  # fmt: skip

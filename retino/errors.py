@@ -4,9 +4,17 @@ import functools
 import sys
 from collections.abc import Callable
 
+MAX_LINES = 50  # problem lines shown before "... and N more"
+
 
 class RetinoError(Exception):
     """An error caused by the user's input or environment, printed without a traceback."""
+
+    @classmethod
+    def of_lines(cls, lines: list[str]) -> "RetinoError":
+        """One error carrying a line per problem (all found in one pass), the first MAX_LINES."""
+        more = len(lines) - MAX_LINES
+        return cls("\n".join(lines[:MAX_LINES] + ([f"... and {more} more"] if more > 0 else [])))
 
 
 def exit_on_error(main: Callable[..., int | None]) -> Callable[..., int]:

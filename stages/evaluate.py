@@ -8,11 +8,9 @@ from pathlib import Path
 from retino.config import load_config
 from retino.data.splits import read_split
 from retino.errors import exit_on_error
-from retino.evaluation.evaluate import cached_test, evaluate_test
-from retino.evaluation.predict import load_predictor, write_gallery
-from retino.tracking.names import test_metrics
-from retino.tracking.runs import DATA_DVC, data_version, open_run, read_run_file
-from retino.tracking.store import project_root
+from retino.tracking.store import check_server, project_root
+
+OUTPUTS = ("metrics.json", "predictions.csv", "confusion.json")
 
 
 @exit_on_error
@@ -25,22 +23,36 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("reports/eval"))
     args = parser.parse_args()
     cfg = load_config(args.params)
+    check_server(project_root())
+    # torch and mlflow take seconds to import: after the checks above
+    from retino.atomic import write_atomic
+    from retino.evaluation.evaluate import cached_test, evaluate_test
+    from retino.evaluation.predict import load_predictor, write_gallery
+    from retino.tracking.names import test_metrics
+    from retino.tracking.runs import DATA_DVC, data_version, open_run, read_run_file
+
     run_id = read_run_file(args.models / "run.json")
     predictor = load_predictor(str(args.models / "best.pt"), cfg.train.device)
     cached = cached_test(predictor, args.prepared, args.preprocessed)
-    metrics, table = evaluate_test(predictor, cached, args.out)
-    with open_run(project_root(), run_id) as run, tempfile.TemporaryDirectory() as tmp:
-        run.log_metrics(test_metrics(metrics))
-        run.log_dataset("test", read_split(args.prepared, "test"), data_version(DATA_DVC))
-        for name in ("metrics.json", "predictions.csv", "confusion.json"):
-            run.log_artifact(args.out / name, "eval")
-        # Grad-CAMs of the most confident right and wrong test image per grade (<= 10 images):
-        # files named after the photograph, and images keyed by grade and verdict, which the
-        # chart view's image grid lines up across runs
-        for path in write_gallery(predictor, table, cached.images, Path(tmp)):
-            run.log_artifact(path, "eval/gallery")
-            grade, verdict = path.stem.split("_")[:2]  # grade2_wrong_<image>
-            run.log_image(path, f"gradcam/{grade}_{verdict}")
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp)
+        metrics, table = evaluate_test(predictor, cached, staged)
+        with open_run(project_root(), run_id) as run:
+            run.log_metrics(test_metrics(metrics))
+            run.log_dataset("test", read_split(args.prepared, "test"), data_version(DATA_DVC))
+            for name in OUTPUTS:
+                run.log_artifact(staged / name, "eval")
+            # Grad-CAMs of the most confident right and wrong test image per grade (<= 10
+            # images): files named after the photograph, and images keyed by grade and verdict,
+            # which the chart view's image grid lines up across runs
+            for path in write_gallery(predictor, table, cached.images, staged / "gallery"):
+                run.log_artifact(path, "eval/gallery")
+                grade, verdict = path.stem.split("_")[:2]  # grade2_wrong_<image>
+                run.log_image(path, f"gradcam/{grade}_{verdict}")
+        # Logged: only now replace the previous results, which DVC keeps (persist: true), so a
+        # failed evaluation leaves them as they were.
+        for name in OUTPUTS:
+            write_atomic(args.out / name, (staged / name).read_bytes())
     print(f"test accuracy {metrics['accuracy']:.4f} (always grade 0: "
           f"{metrics['majority_accuracy']:.4f}), QWK {metrics['qwk']:.4f}")  # fmt: skip
 

@@ -12,7 +12,7 @@ import pandas as pd
 from retino.errors import exit_on_error
 from retino.evaluation.plots import plot_confusion, plot_confusion_grid, plot_curves
 from retino.tracking.runs import open_run, read_run_file
-from retino.tracking.store import project_root
+from retino.tracking.store import check_server, project_root
 
 
 @exit_on_error
@@ -23,6 +23,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=Path("models/run.json"))
     parser.add_argument("--out", type=Path, default=Path("reports/figures"))
     args = parser.parse_args()
+    check_server(project_root())
     counts = np.array(json.loads(args.confusion.read_text())["counts"])
     figures = {"curves.png": args.out / "curves.png", "confusion.png": args.out / "confusion.png"}
     plot_curves(pd.read_csv(args.history), figures["curves.png"])

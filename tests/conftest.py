@@ -10,6 +10,7 @@ from retino.config import Config, from_dict
 from retino.data.prepare import prepare
 from retino.data.preprocess import preprocess
 from retino.synth import synthesize
+from retino.yamlfile import load_yaml
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # never wait on a download
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
@@ -32,20 +33,23 @@ def tiny_data(tiny_source, tmp_path) -> Path:
 
 
 def tiny_config(**overrides) -> Config:
-    """The demo config shrunk: 32 px, 2 epochs, main-process loading."""
-    raw = {
-        "arch": "resnet18",
-        "pretrained": False,
+    """The committed params.yaml shrunk: 32 px, 2 epochs, main-process loading, no warp or
+    jitter. `train__lr=0.1` overrides train.lr."""
+    raw = load_yaml(ROOT / "params.yaml")
+    tiny = {
         "seed": 7,
-        "data": {"image_size": 32, "num_workers": 0, "val_fraction": 0.25, "stats_images": 16},
-        "train": {"epochs": 2, "batch_size": 8, "lr": 0.003, "warmup_epochs": 0},
-        "eval": {"batch_size": 16},
-    }
-    for dotted, value in overrides.items():
+        "data__image_size": 32, "data__num_workers": 0, "data__val_fraction": 0.25,
+        "data__stats_images": 16,
+        "train__epochs": 2, "train__batch_size": 8, "train__lr": 0.003, "train__warmup_epochs": 0,
+        "train__augment__rotation": 0.0, "train__augment__scale_min": 1.0,
+        "train__augment__color_jitter": 0.0,
+        "eval__batch_size": 16,
+    }  # fmt: skip
+    for dotted, value in (tiny | overrides).items():
         *parents, key = dotted.split("__")
         node = raw
         for p in parents:
-            node = node.setdefault(p, {})
+            node = node[p]
         node[key] = value
     return from_dict(raw)
 

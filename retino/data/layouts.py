@@ -20,7 +20,6 @@ from pathlib import Path, PurePosixPath
 from retino.errors import RetinoError
 from retino.grades import NUM_CLASSES
 
-MAX_REPORTED = 50  # problems printed before "... and N more"
 USAGES = ("Public", "Private")  # Kaggle's testLabels.csv: public and private leaderboard halves
 
 
@@ -77,10 +76,7 @@ class Report:
     def raise_if_invalid(self) -> None:
         """One RetinoError carrying every problem line (capped), for stages and the CLI."""
         if self.problems:
-            shown = self.problems[:MAX_REPORTED]
-            more = len(self.problems) - len(shown)
-            tail = [f"... and {more} more problems"] if more else []
-            raise RetinoError("\n".join([*shown, *tail]))
+            raise RetinoError.of_lines(self.problems)
 
 
 def patient_of(name: str) -> str:

@@ -27,7 +27,6 @@ from retino.config import Config
 from retino.data.cache import INDEX_FILE, table_sha256
 from retino.data.fundus import preprocess_image
 from retino.data.images import ImageError
-from retino.data.layouts import MAX_REPORTED
 from retino.data.splits import SPLITS, read_split
 from retino.data.validation import cpu_workers
 from retino.errors import RetinoError
@@ -43,19 +42,21 @@ def preprocess(data_root: Path, prepared: Path, out: Path, cfg: Config) -> dict:
     partial.mkdir(parents=True)
     images = {split: [Path(data_root) / p for p in t["path"]] for split, t in tables.items()}
     data, workers = cfg.data, cpu_workers(cfg.preprocess.workers)
-    failures = cache_images(
-        images, partial, data.image_size, cfg.preprocess.normalize, data.max_pixels, workers
-    )
-    if failures:
-        shutil.rmtree(partial)
-        shown = failures[:MAX_REPORTED]
-        more = [f"... and {len(failures) - len(shown)} more"] if len(failures) > len(shown) else []
-        raise RetinoError("\n".join([*shown, *more]))
+    try:
+        failures = cache_images(
+            images, partial, data.image_size, cfg.preprocess.normalize, data.max_pixels, workers
+        )
+        if failures:
+            raise RetinoError.of_lines(failures)
+        stats = channel_stats(partial / "train.npy", data.stats_images, cfg.seed)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # nothing half-written is left behind
+        raise
 
     index = {
-        "image_size": cfg.data.image_size,
+        "image_size": data.image_size,
         "normalize": cfg.preprocess.normalize,
-        **channel_stats(partial / "train.npy", cfg.data.stats_images, cfg.seed),
+        **stats,
         "splits": {
             split: {"rows": len(table), "table_sha256": table_sha256(prepared / f"{split}.csv")}
             for split, table in tables.items()
@@ -119,6 +120,9 @@ def _write_rows(job: tuple) -> tuple[int, list[str]]:
     return len(rows), failed
 
 
+MIN_STD = 1e-3  # on the 0-1 scale: a quarter of one 8-bit grey level
+
+
 def channel_stats(array_path: Path, limit: int, seed: int) -> dict[str, list[float]]:
     """Per-channel mean/std (0-1 scale) over up to `limit` cached images picked with `seed`:
     the normalisation of what the model sees."""
@@ -131,6 +135,17 @@ def channel_stats(array_path: Path, limit: int, seed: int) -> dict[str, list[flo
         total += x.sum(0)
         total_sq += (x**2).sum(0)
         pixels += len(x)
+    if pixels == 0:
+        raise RetinoError("no train images sampled for the channel mean/std; add train images")
     mean = total / pixels
     std = np.sqrt(np.maximum(total_sq / pixels - mean**2, 0.0))
+    # Training divides by std: a channel without variation (blank or single-colour images)
+    # would turn every input into inf or NaN and the training loss with it.
+    if not (np.isfinite(mean).all() and np.isfinite(std).all()) or std.min() < MIN_STD:
+        shown = ", ".join(f"{v:.4f}" for v in std)
+        raise RetinoError(
+            f"the {len(chosen)} sampled train images have channel std ({shown}), below "
+            f"{MIN_STD} or not finite: blank or single-colour images; check the images, or "
+            "sample more with data.stats_images"
+        )
     return {"mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in std]}

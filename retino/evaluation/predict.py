@@ -78,7 +78,10 @@ def load_predictor(source: str, device: str = "auto") -> Predictor:
     """The model behind `source`, normalising its input as in training."""
     dev = resolve_device(device)
     weights, config, normalisation, origin = _load(source)
-    cfg = from_dict(config)
+    try:
+        cfg = from_dict(config)
+    except RetinoError as err:  # a checkpoint of an older retino, with other keys
+        raise RetinoError(f"{origin}: stored config: {err}; train it again") from None
     model = build_model(cfg.arch)  # the source holds every weight
     model.load_state_dict(weights)
     mean, std = normalisation["mean"], normalisation["std"]

@@ -15,12 +15,12 @@ from typing import Any
 
 import mlflow
 import pandas as pd
-import yaml
 from mlflow.exceptions import MlflowException
 
 from retino.errors import RetinoError
 from retino.tracking.names import variant
 from retino.tracking.store import DEFAULT_EXPERIMENT, Store, git, open_store, retry
+from retino.yamlfile import load_yaml
 
 INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
 # Where and how a run executes, not what it learns: tags, so that params are the knobs worth
@@ -224,9 +224,9 @@ def run_name(cfg_flat: dict[str, Any]) -> str:
 
 def data_version(dvc_file: Path) -> str:
     try:
-        outs = yaml.safe_load(dvc_file.read_text())["outs"]
+        outs = load_yaml(dvc_file)["outs"]  # a duplicate key is an error, as in params.yaml
         return str(outs[0]["md5"])
-    except (OSError, KeyError, IndexError, TypeError, yaml.YAMLError):
+    except (OSError, KeyError, IndexError, TypeError):
         return ""
 
 

@@ -5,6 +5,8 @@ with artifacts in `<root>/mlruns`, where root is the main workspace: DVC_ROOT (D
 for queued runs executing in .dvc/tmp/exps/tmpXXXX), else the git top level. Never a relative
 path: a queued run's working copy is deleted afterwards.
 
+`check_server` turns a tracking server that does not answer into one line, before a stage works.
+
 Reads go through `Store.client`, an MlflowClient bound to the store's URI. Only `runs.open_run`
 points MLflow's global ("fluent") state at the store, because `mlflow.pytorch.log_model` and
 system metrics exist only for an active run.
@@ -13,20 +15,29 @@ system metrics exist only for an active run.
 import contextlib
 import fcntl
 import functools
+import http.client
 import logging
 import os
+import socket
+import ssl
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING, Any
 
 from retino.errors import RetinoError
 
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
 DEFAULT_EXPERIMENT = "retino"
+# check_server: 3 tries of at most 4 s, 1 s apart, so a dead server is an error within ~15 s
+PROBE_TRIES = 3
+PROBE_TIMEOUT_S = 4.0
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -51,12 +62,74 @@ class Store:
     uri: str
 
     @functools.cached_property
-    def client(self) -> MlflowClient:
+    def client(self) -> "MlflowClient":
+        from mlflow.tracking import MlflowClient  # seconds to import: check_server goes first
+
         return MlflowClient(self.uri)
 
     def experiment_id(self, name: str) -> str | None:
         found = retry(lambda: self.client.get_experiment_by_name(name))
         return found.experiment_id if found else None
+
+
+def check_server(root: Path, tries: int = PROBE_TRIES, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """A tracking server that does not answer is a one-line error, before a stage does any work.
+
+    MLflow's client retries a dead server for about four minutes and then prints a traceback.
+    This asks `<uri>/health` instead: any HTTP answer below 500 will do (a proxy may want a login,
+    which MLflow's own calls then report); a refused connection, a timeout, a port that does not
+    speak HTTP or a 5xx answer is tried again, `tries` times in all. A local store needs no check.
+    """
+    uri = tracking_uri(root)
+    if not is_server_uri(uri):
+        return
+    problem = ""
+    for attempt in range(tries):
+        if attempt:
+            time.sleep(1.0)
+        try:
+            with urllib.request.urlopen(
+                uri.rstrip("/") + "/health", timeout=timeout, context=_tls_context()
+            ):
+                return
+        except urllib.error.HTTPError as err:
+            if err.code < 500:
+                return
+            problem = f"answers HTTP {err.code}"
+        except (OSError, http.client.HTTPException) as err:
+            problem = _why(err, timeout)
+    raise RetinoError(
+        f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI): {problem}, {tries} tries; "
+        "start the server, correct the variable, or unset it to log to the local store"
+    )
+
+
+def _why(err: BaseException, timeout: float) -> str:
+    """What a failed request says about the server, in a few words."""
+    if isinstance(err, urllib.error.URLError) and isinstance(err.reason, BaseException):
+        err = err.reason  # connecting failed: the socket's own error
+    if isinstance(err, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(err, TimeoutError):
+        return f"no answer within {timeout:g} s"
+    if isinstance(err, socket.gaierror):
+        return "host name not found"
+    if isinstance(err, http.client.HTTPException | ConnectionResetError):
+        return "the port does not speak HTTP"
+    if isinstance(err, ssl.SSLError):
+        return f"TLS failed ({err.reason or err})"
+    return str(getattr(err, "reason", None) or err)
+
+
+def _tls_context() -> ssl.SSLContext:
+    """TLS as MLflow's client does it, from the same variables."""
+    context = ssl.create_default_context(
+        cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None
+    )
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 @contextlib.contextmanager

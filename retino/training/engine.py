@@ -10,6 +10,7 @@ bit).
 """
 
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,8 +23,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from retino.config import Config, TrainConfig
+from retino.config import DEVICE, Config, TrainConfig
 from retino.data.transforms import BatchTransform
+from retino.errors import RetinoError
 from retino.grades import NUM_CLASSES
 from retino.metrics import quick_metrics
 from retino.training.distributed import Dist, all_sum, gather_ordered
@@ -32,9 +34,18 @@ SINGLE = Dist()  # a plain single-process run
 
 
 def resolve_device(name: str) -> torch.device:
+    """auto | cpu | cuda | cuda:N as a device of this machine; anything else is a RetinoError
+    (`train.device` in params.yaml, `--device` of retino predict)."""
+    if not DEVICE.fullmatch(name):
+        raise RetinoError(f"device {name!r}: expected auto, cpu, cuda or cuda:N")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device.type == "cuda" and (device.index or 0) >= count:
+        have = {0: "no CUDA device", 1: "one, cuda:0"}.get(count, f"cuda:0 to cuda:{count - 1}")
+        raise RetinoError(f"device {name!r}: this machine has {have}; use auto or cpu")
+    return device
 
 
 def autocast(device: torch.device):
@@ -77,25 +88,35 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     criterion: nn.Module,
     generator: torch.Generator,
+    epoch: int,
     desc: str = "train",
     job: Dist = SINGLE,
 ) -> dict[str, float]:
-    """One epoch of optimisation: mean loss, accuracy and QWK of the (augmented) batches as they
-    were trained on, and throughput. Under DDP the sums and the confusion matrix are reduced
-    across ranks, so QWK is exactly that of all ranks' predictions together."""
+    """One epoch (1-based `epoch`) of optimisation: mean loss, accuracy and QWK of the
+    (augmented) batches as they were trained on, and throughput; a loss that is not finite is a
+    RetinoError. Under DDP the sums and the confusion matrix are reduced across ranks, so QWK is
+    exactly that of all ranks' predictions together."""
     model.train()
     device = transform.device
     total_loss, correct, seen = 0.0, 0, 0
     counts = torch.zeros(NUM_CLASSES * NUM_CLASSES, dtype=torch.int64, device=device)
     start = time.perf_counter()
     bar = _progress(loader, desc, job)
-    for images, labels in bar:
+    for step, (images, labels) in enumerate(bar, start=1):
         loss, logits, y = train_step(
             model, images, labels, transform, optimizer, criterion, generator
         )
         n = len(y)
+        value = loss.item()  # the one sync per step the running mean needs anyway
+        if not math.isfinite(value):  # the weights are ruined: stop, don't publish NaN
+            lr = optimizer.param_groups[0]["lr"]
+            raise RetinoError(
+                f"epoch {epoch}, step {step}: training loss is {value}; the learning rate is "
+                f"likely too high (train.lr, {lr:g} at this step), or the input normalisation "
+                "bad (the mean/std of prepared/stats.json); lower train.lr or rerun prepare"
+            )
         predicted = logits.argmax(1)
-        total_loss += loss.item() * n
+        total_loss += value * n
         correct += (predicted == y).sum().item()
         counts += torch.bincount(y * NUM_CLASSES + predicted, minlength=NUM_CLASSES**2)
         seen += n
@@ -252,10 +273,15 @@ def fit(
         aug_gen = epoch_generator(cfg.seed, epoch, job.rank)  # each rank its own draws
         tr = train_one_epoch(
             net, loaders.train, trainee.train_tf, trainee.optimizer, trainee.criterion, aug_gen,
-            desc=f"epoch {epoch + 1}/{tc.epochs} train", job=job,
+            epoch + 1, desc=f"epoch {epoch + 1}/{tc.epochs} train", job=job,
         )  # fmt: skip
         trainee.scheduler.step()
         va = evaluate(net, loaders.val, trainee.eval_tf, f"epoch {epoch + 1} val", job)
+        if not math.isfinite(va["loss"]):  # the last step of the epoch broke the weights
+            raise RetinoError(
+                f"epoch {epoch + 1}: validation loss is {va['loss']}; lower train.lr, or rerun "
+                "prepare if prepared/stats.json is damaged"
+            )
         row = {"epoch": epoch + 1, "lr": lr}
         row |= {f"train_{k}": v for k, v in tr.items() if k != "images_per_s"}
         row |= {f"val_{k}": v for k, v in va.items()}

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 
+from retino.atomic import write_atomic
 from retino.config import Config
 from retino.data.cache import INDEX_FILE, open_index
 from retino.data.dataset import CachedSplit, default_workers, make_loader
@@ -122,9 +123,10 @@ def _train(
             run.log_epochs(_logged_epochs(result.history, select))
 
         result = fit(trainee, loaders, cfg, done, on_epoch, job)
-        val_labels = loaders.val.dataset.labels.numpy()
-        _publish(result, val_labels, ckpt_dir, models_dir, reports_dir, run.run_id)
-        run.log_artifact(reports_dir / "history.csv")
+        _publish_models(ckpt_dir, models_dir, run.run_id)
+        reports = _reports(result, loaders.val.dataset.labels.numpy())
+        (ckpt_dir / "history.csv").write_text(reports["history.csv"])  # logged under this name
+        run.log_artifact(ckpt_dir / "history.csv")
         model = trainee.model
         model.load_state_dict(checkpoint.load(models_dir / BEST_FILE).model)
         size = cfg.data.image_size
@@ -135,6 +137,10 @@ def _train(
         # batch of 2: an example batch of 1 would freeze the exported graph to batch size 1
         example = np.zeros((2, 3, size, size), dtype=np.float32)
         run.log_model(model.cpu().float(), example, variant(cfg.arch, cfg.pretrained), metadata)
+    # The run is logged: only now replace the previous run's reports, which DVC keeps
+    # (persist: true), so a failed training leaves them as they were.
+    for name, text in reports.items():
+        write_atomic(reports_dir / name, text)
     _empty(ckpt_dir)  # finished: nothing left to resume
     print(f"best epoch {result.best_epoch}: {select} {result.best[select]:.4f}")
     return result
@@ -222,22 +228,20 @@ def _empty(folder: Path) -> None:
             path.unlink()
 
 
-def _publish(
-    result: FitResult,
-    val_labels: np.ndarray,
-    ckpt_dir: Path,
-    models_dir: Path,
-    reports_dir: Path,
-    run_id: str,
-) -> None:
+def _publish_models(ckpt_dir: Path, models_dir: Path, run_id: str) -> None:
     models_dir.mkdir(parents=True, exist_ok=True)
     # the last epoch's resume state (optimizer included, ~3x best.pt) is not published:
     # nothing reads it once training is over, and every experiment would cache a copy
     shutil.copy2(ckpt_dir / BEST_FILE, models_dir / BEST_FILE)
     write_run_file(models_dir / RUN_FILE, run_id)
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(result.history).to_csv(reports_dir / "history.csv", index=False)
+
+
+def _reports(result: FitResult, val_labels: np.ndarray) -> dict[str, str]:
+    """history.csv and metrics.json, as text."""
     metrics = {"best_epoch": result.best_epoch, **{k: result.best[k] for k in SELECTED}}
     # "always grade 0" scores this: the bar a useful model must clear
     metrics["val_majority_acc"] = float(np.bincount(val_labels).max() / len(val_labels))
-    (reports_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return {
+        "history.csv": pd.DataFrame(result.history).to_csv(index=False),
+        "metrics.json": json.dumps(metrics, indent=2) + "\n",
+    }

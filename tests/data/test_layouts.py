@@ -149,6 +149,27 @@ def test_header_only_in_label_csv(tiny_data):
     assert report.problems == [] and len(report.samples["train"]) == 48
 
 
+def test_a_float_grade_in_row_1_is_a_sample_not_a_header(tiny_data):
+    # spreadsheets and pandas write grades as 2.0: that is grade 2, never a header to skip
+    label = tiny_data / "train_label.csv"
+    labels = rows(label)
+    rewrite(label, ["2.0", *labels[1:3], "4.0", *labels[4:]])
+    report = validate(tiny_data)
+    assert report.problems == [] and len(report.samples["train"]) == 48
+    assert report.samples["train"][0].name == rows(tiny_data / "train_img.csv")[0]
+    assert report.samples["train"][0].label == 2 and report.samples["train"][3].label == 4
+
+
+@pytest.mark.parametrize("bad", ["2.5", "nan", "inf", "two"])
+def test_a_bad_number_in_row_1_is_reported_not_skipped(capsys, tiny_data, bad):
+    label = tiny_data / "train_label.csv"
+    rewrite(label, [bad, *rows(label)[1:]])
+    if bad == "two":  # not a number at all while the next row is: a header, one label short
+        expect_problem(capsys, tiny_data, "48 images but train_label.csv has 47 labels")
+    else:
+        expect_problem(capsys, tiny_data, f"{label}:1:", f"label '{bad}' is not an integer grade")
+
+
 @pytest.mark.parametrize("mode", ["L", "CMYK", "RGBA"])
 def test_other_colour_modes_are_accepted(tiny_data, mode):
     path = first_image(tiny_data)

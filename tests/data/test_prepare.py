@@ -4,9 +4,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from PIL import Image
 
 from retino.data.layouts import patient_of
 from retino.data.prepare import prepare
+from retino.data.preprocess import channel_stats, preprocess
 from retino.errors import RetinoError
 from retino.synth import synthesize
 from tests.conftest import tiny_config
@@ -101,3 +103,23 @@ def test_aptos_layout_carves_a_test_split_out_of_train(tmp_path):
     paths = [set(t.path) for t in splits.values()]
     assert not (paths[0] & paths[1] or paths[0] & paths[2] or paths[1] & paths[2])
     assert all(p.startswith("train_images/") and p.endswith(".png") for p in splits["test"].path)
+
+
+def test_blank_images_are_refused_before_anything_is_written(tiny_data, tmp_path):
+    # every image one flat grey: a channel std of 0 would make training divide by zero
+    for path in (tiny_data / "images").iterdir():
+        Image.new("RGB", (48, 48), (90, 40, 20)).save(path, "JPEG")
+    cfg = tiny_config()
+    prepare(tiny_data, tmp_path / "prepared", cfg)
+    with pytest.raises(RetinoError) as err:
+        preprocess(tiny_data, tmp_path / "prepared", tmp_path / "cache", cfg)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "sampled train images have channel std (0.0000, 0.0000, 0.0000)" in message
+    assert "blank or single-colour images" in message
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "cache.partial").exists()
+
+
+def test_zero_images_sampled_is_refused(project):
+    with pytest.raises(RetinoError, match="no train images sampled for the channel mean/std"):
+        channel_stats(project / "preprocessed" / "train.npy", limit=0, seed=0)

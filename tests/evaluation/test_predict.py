@@ -250,3 +250,57 @@ def test_a_raw_camera_frame_is_graded_as_its_cached_twin(tmp_path, capfd):
     photos = pred.photos(frames)
     assert all(np.array_equal(photos.load(i), cached.images[i]) for i in range(len(frames)))
     np.testing.assert_allclose(graded[PROBS], evaluated[PROBS], rtol=0, atol=1e-6)
+
+
+def never(*args, **kwargs):
+    raise AssertionError("graded although the output cannot be written")
+
+
+@pytest.mark.parametrize(
+    ("flag", "target", "message"),
+    [
+        ("--out", "{tmp}", "{tmp}: is a folder; give a file path such as {tmp}/grades.csv"),
+        ("--out", "/proc/retino-grades.csv", "cannot create files in /proc"),
+        ("--out", "/proc/self/status", "/proc/self/status: not writable"),
+        ("--out", "{tmp}/a-file/grades.csv", "{tmp}/a-file is not a folder"),
+        ("--cam", "{tmp}/a-file", "{tmp}/a-file: is a file, not a folder"),
+    ],
+)
+def test_unwritable_output_fails_before_grading(
+    workspace, tmp_path, capfd, monkeypatch, flag, target, message
+):
+    monkeypatch.setattr("retino.evaluation.predict.load_predictor", never)
+    monkeypatch.setattr("retino.evaluation.predict.predict_images", never)
+    (tmp_path / "a-file").write_text("keep me\n")
+    image = sorted((workspace / "data" / "images").iterdir())[0]
+    code, err = run_cli(["predict", image, "--model", workspace / "models" / "best.pt",
+                         flag, target.format(tmp=tmp_path)], capfd)  # fmt: skip
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("error: ") and message.format(tmp=tmp_path) in err, err
+    assert (tmp_path / "a-file").read_text() == "keep me\n"
+
+
+def test_out_in_a_missing_folder_is_created(workspace, tmp_path, capfd):
+    out = tmp_path / "new" / "deeper" / "grades.csv"
+    image = sorted((workspace / "data" / "images").iterdir())[0]
+    code, err = run_cli(["predict", image, "--model", workspace / "models" / "best.pt",
+                         "--out", out], capfd)  # fmt: skip
+    assert code == 0, err
+    assert list(pd.read_csv(out).path) == [str(image)]
+    assert [p.name for p in out.parent.iterdir()] == ["grades.csv"]  # no temp file left
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        # one past the last GPU: missing on every machine, with or without CUDA
+        (f"cuda:{torch.cuda.device_count()}", "this machine has "),
+        ("tpu", "expected auto, cpu, cuda or cuda:N"),
+    ],
+)
+def test_a_device_this_machine_lacks_is_one_line(workspace, capfd, device, message):
+    image = sorted((workspace / "data" / "images").iterdir())[0]
+    code, err = run_cli(["predict", image, "--model", workspace / "models" / "best.pt",
+                         "--device", device], capfd)  # fmt: skip
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: device '{device}': ") and message in err, err

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,9 +12,11 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+import pytest
 import torch
 import yaml
 
+from retino.errors import RetinoError
 from retino.training import checkpoint
 from retino.training.train import train
 from tests.conftest import ROOT, tiny_config
@@ -186,3 +189,46 @@ def test_sigterm_marks_run_killed_and_keeps_checkpoint(project):
     assert 1 <= state.epoch < 50 and len(state.history) == state.epoch
     assert state.optimizer["state"] and state.rng is not None  # enough to resume
     assert list(runs(project).status) == ["KILLED"]
+
+
+def test_a_non_finite_loss_fails_the_run_and_publishes_nothing(project):
+    reports = project / "reports"
+    reports.mkdir()
+    previous = {"history.csv": "epoch,val_qwk\n1,0.5\n", "metrics.json": '{"val_qwk": 0.5}\n'}
+    for name, text in previous.items():  # the last good run's results, kept by DVC (persist)
+        (reports / name).write_text(text)
+    with pytest.raises(RetinoError) as err:
+        run_train(project, tiny_config(train__optimizer="sgd", train__lr=1e6))
+    message = str(err.value)
+    assert re.fullmatch(
+        r"epoch 1, step \d+: training loss is (nan|inf); the learning rate is likely too high "
+        r"\(train\.lr, 1e\+06 at this step\), or the input normalisation bad .*",
+        message,
+    ), message
+    assert not (project / "models" / "best.pt").exists()
+    assert {p.name: p.read_text() for p in reports.iterdir()} == previous
+    assert list(runs(project).status) == ["FAILED"]
+
+
+def test_bad_normalisation_is_one_line_from_the_stage(project):
+    index_path = project / "preprocessed" / "index.json"
+    index = json.loads(index_path.read_text())
+    index_path.write_text(json.dumps({**index, "std": [0.0, 0.0, 0.0]}))  # a hand-edited file
+    write_params(project / "params.yaml", tiny_config())
+    proc = start_stage(project, "out")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, err
+    # (numpy warns about the division by zero on the way)
+    assert "Traceback" not in err
+    last = err.splitlines()[-1]
+    assert last.startswith("error: epoch 1, step 1: training loss is nan;")
+    assert "input normalisation bad" in last
+    assert not (project / "out" / "models").exists() and not (project / "out" / "reports").exists()
+    assert list(runs(project).status) == ["FAILED"]
+
+
+def test_a_gpu_this_machine_lacks_fails_before_training(tmp_path):
+    missing = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU, on any machine
+    with pytest.raises(RetinoError, match=rf"^device '{missing}': this machine has .*; use auto"):
+        run_train(tmp_path, tiny_config(train__device=missing))
+    assert list(tmp_path.iterdir()) == []  # no run, no checkpoint folder
