@@ -61,7 +61,8 @@ def test_learns_and_logs_everything_to_mlflow(project):
     assert run["tags.arch"] == "resnet18" and run["tags.pretrained"] == "False"
     assert run["tags.mlflow.runName"].startswith("resnet18-scratch-")
     # setup values are tags: the params are what was tried
-    for key in ("train.master_port", "train.node_rank", "data.num_workers", "train.device"):
+    for key in ("train.master_port", "train.node_rank", "data.num_workers", "train.device",
+                "preprocess.workers"):  # fmt: skip
         assert f"params.{key}" not in table and run[f"tags.{key}"] == str(cfg.flat()[key])
     assert run["tags.device"] == "cpu" and run["tags.world_size"] == "1"
     assert run["tags.mlflow.note.content"].startswith(
