@@ -126,7 +126,7 @@ def _tiny_epoch(job) -> dict[str, float]:
     transform = BatchTransform([0.5] * 3, [0.25] * 3, torch.device("cpu"), None)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     return train_one_epoch(model, loader, transform, optimizer, nn.CrossEntropyLoss(),
-                           epoch_generator(0, 0, job.rank), job=job)  # fmt: skip
+                           epoch_generator(0, 0, job.rank), 1, job=job)  # fmt: skip
 
 
 def test_train_qwk_under_ddp_is_that_of_all_predictions(tmp_path):
