@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo test lint ui clean
+.PHONY: setup demo test test-fast lint ui clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,10 @@ lint: setup
 
 test: lint
 	pytest -q
+
+# the inner loop: everything but the tests marked slow (pipeline, browser, server, DDP, queue)
+test-fast: setup
+	pytest -q -m 'not slow'
 
 # the MLflow UI on this project's runs, on 127.0.0.1 only; `make ui PORT=5001` for another port
 ui: setup

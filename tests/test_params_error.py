@@ -7,7 +7,11 @@ them only once they have succeeded.
 
 import subprocess
 
+import pytest
+
 from tests.dvc_project import make_project, project_env, run
+
+pytestmark = pytest.mark.slow  # whole dvc repro runs
 
 KEPT = [
     "reports/train/metrics.json", "reports/train/history.csv",

@@ -10,6 +10,8 @@ from PIL import Image
 from retino.synth import synthesize
 from tests.dvc_project import make_project, project_env, run
 
+pytestmark = pytest.mark.slow  # whole dvc repro runs
+
 
 def test_dvc_repro_end_to_end(tmp_path, tiny_source):
     dvc_project = make_project(tmp_path / "project", tiny_source)
@@ -41,7 +43,9 @@ def test_dvc_repro_end_to_end(tmp_path, tiny_source):
     assert len(runs) == 1
     logged = runs.iloc[0]
     assert logged.status == "FINISHED"
-    assert logged["metrics.best/val_qwk"] >= -1
+    train_metrics = json.loads((dvc_project / "reports/train/metrics.json").read_text())
+    assert logged["metrics.best/val_qwk"] == train_metrics["val_qwk"]
+    assert logged["metrics.best/epoch"] == train_metrics["best_epoch"]
     assert logged["metrics.best/test_accuracy"] == test_metrics["accuracy"]
     assert logged["metrics.best/test_qwk"] == test_metrics["qwk"]
     client = mlflow.MlflowClient()
@@ -62,8 +66,10 @@ def test_dvc_repro_end_to_end(tmp_path, tiny_source):
 
     # nothing changed: a second repro does nothing; `dvc exp show` lists the metrics
     assert "Data and pipelines are up to date" in run(["dvc", "repro"], dvc_project, env)
-    shown = run(["dvc", "exp", "show", "--json"], dvc_project, env)
-    assert "val_qwk" in shown and "qwk" in shown
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], dvc_project, env))
+    metrics = next(b for b in shown if b["rev"] == "workspace")["data"]["metrics"]
+    assert metrics["reports/train/metrics.json"]["data"] == train_metrics
+    assert metrics["reports/eval/metrics.json"]["data"]["qwk"] == test_metrics["qwk"]
 
     # an experiment on a training param reuses the prepared splits and the preprocessed cache
     out = run(["dvc", "exp", "run", "-S", "train.lr=0.001"], dvc_project, env, timeout=900)
@@ -73,7 +79,6 @@ def test_dvc_repro_end_to_end(tmp_path, tiny_source):
         assert f"Running stage '{stage}'" in out
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["kaggle", "aptos"])
 def test_dvc_repro_on_other_layouts(tmp_path, layout):
     data = tmp_path / "source"

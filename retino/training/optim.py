@@ -17,7 +17,8 @@ def make_criterion(cfg: TrainConfig, train_labels: np.ndarray, device: torch.dev
 
 
 def class_weights(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> torch.Tensor:
-    """Inverse-frequency weights (mean 1 over present grades); absent grades get weight 0."""
+    """Inverse-frequency weights: every present grade carries the same total weight (sklearn's
+    "balanced"); absent grades get weight 0."""
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
     weights = np.divide(
         len(labels), num_classes * counts, out=np.zeros(num_classes), where=counts > 0

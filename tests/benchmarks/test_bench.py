@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from retino.cli import main
 from tests.conftest import ROOT
 
@@ -68,6 +70,7 @@ def test_missing_image_is_one_line_error(tiny_data, capsys):
     assert err.startswith("error: ") and f"{first}.jpeg" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow  # a fresh interpreter on a copy of the source tree
 def test_runs_from_the_source_tree_without_mlflow_or_dvc(tiny_source):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     argv = ["bench", "input", "--data", str(tiny_source), "--size", "32", "--batches", "1"]

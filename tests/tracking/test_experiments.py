@@ -17,10 +17,13 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+import pytest
 from torchvision.models import resnet50
 
 from tests.dvc_project import make_project, project_env, run
 from tests.training.test_models import random_imagenet_weights
+
+pytestmark = pytest.mark.slow  # concurrent processes against one store, a DVC queue
 
 WRITER = """
 import sys, time
@@ -99,17 +102,7 @@ def stop_queue_workers(project: Path) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def max_overlap(runs: pd.DataFrame) -> int:
-    """Most runs that were in progress at the same moment."""
-    edges = [(t, 1) for t in runs.start_time] + [(t, -1) for t in runs.end_time]
-    level = peak = 0
-    for _, step in sorted(edges):  # at a tie, an end (-1) counts before a start
-        level += step
-        peak = max(peak, level)
-    return peak
-
-
-def test_queued_grid_runs_two_at_a_time_into_the_root_store(tmp_path, tiny_source):
+def test_queued_grid_runs_into_the_root_store(tmp_path, tiny_source):
     project = make_project(tmp_path / "project", tiny_source)
     torch_home = tmp_path / "torch"
     weights = torch_home / "hub" / "checkpoints"
@@ -158,7 +151,6 @@ def test_queued_grid_runs_two_at_a_time_into_the_root_store(tmp_path, tiny_sourc
     ranked = mlflow.search_runs(experiment_names=["retino"], order_by=by_qwk)
     qwk = "metrics.best/test_qwk"
     assert list(ranked[qwk]) == sorted(runs[qwk], reverse=True) and ranked[qwk].notna().all()
-    assert max_overlap(runs) == 2  # -j 2 really ran two at once against the fresh store
 
     # each MLflow run holds the test metrics of its own DVC experiment
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project, env, timeout=120))
@@ -166,10 +158,12 @@ def test_queued_grid_runs_two_at_a_time_into_the_root_store(tmp_path, tiny_sourc
         r["name"]: r["data"] for b in shown for e in b.get("experiments") or [] for r in e["revs"]
     }
     for _, logged in runs.iterrows():
-        metrics = exps[logged["tags.dvc_exp_name"]]["metrics"]["reports/eval/metrics.json"]
-        assert logged["metrics.best/test_accuracy"] == metrics["data"]["accuracy"]
-        assert logged["metrics.best/test_qwk"] == metrics["data"]["qwk"]
-        assert logged["metrics.best/val_qwk"] >= -1
+        metrics = exps[logged["tags.dvc_exp_name"]]["metrics"]
+        test = metrics["reports/eval/metrics.json"]["data"]
+        selected = metrics["reports/train/metrics.json"]["data"]
+        assert logged["metrics.best/test_accuracy"] == test["accuracy"]
+        assert logged["metrics.best/test_qwk"] == test["qwk"]
+        assert logged["metrics.best/val_qwk"] == selected["val_qwk"]
 
     # artifacts in <root>/mlruns, where they survive; nothing in the deleted temp copies
     for run_id, uri in zip(runs.run_id, runs.artifact_uri, strict=True):

@@ -15,6 +15,8 @@ import pytest
 from retino.tracking.server import mlflow_server
 from tests.dvc_project import make_project, project_env, run
 
+pytestmark = pytest.mark.slow  # a real MLflow server and a dvc repro
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -143,6 +143,7 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_matches_uninterrupted_run(project):
     # as the demo: persistent loader workers, every augmentation, warm-up
     demo_like = tiny_config(
@@ -178,6 +179,7 @@ def test_kill_9_then_resume_matches_uninterrupted_run(project):
         assert sorted(m.step for m in history) == steps  # each epoch logged once (0: NaN)
 
 
+@pytest.mark.slow
 def test_sigterm_marks_run_killed_and_keeps_checkpoint(project):
     write_params(project / "params.yaml", tiny_config(train__epochs=50))
     proc = start_stage(project, "term")
@@ -211,6 +213,7 @@ def test_a_non_finite_loss_fails_the_run_and_publishes_nothing(project):
     assert list(runs(project).status) == ["FAILED"]
 
 
+@pytest.mark.slow  # the stage in its own process
 def test_bad_normalisation_is_one_line_from_the_stage(project):
     index_path = project / "preprocessed" / "index.json"
     index = json.loads(index_path.read_text())

@@ -1,0 +1,127 @@
+"""The training recipe's options do what params.yaml says: schedules, class weights, label
+smoothing, lr scaling, which epoch is selected, the frozen first phase, and resume only of the
+very same training."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.models import resnet18
+
+from retino.training import checkpoint
+from retino.training.engine import better
+from retino.training.optim import class_weights, lr_factor, make_criterion, make_optimizer
+from tests.conftest import tiny_config
+from tests.training.test_models import random_imagenet_weights
+from tests.training.test_train import run_train
+
+
+def factors(**overrides) -> list[float]:
+    cfg = tiny_config(**{f"train__{k}": v for k, v in overrides.items()}).train
+    return [lr_factor(epoch, cfg) for epoch in range(cfg.epochs)]
+
+
+def test_cosine_after_warm_up():
+    got = factors(schedule="cosine", epochs=6, warmup_epochs=1)
+    # warm-up epoch 0 at 1/2, then half a cosine over the 5 remaining epochs
+    expected = [0.5] + [0.5 * (1 + math.cos(math.pi * k / 5)) for k in range(5)]
+    assert got == pytest.approx(expected)
+
+
+def test_step_decays_every_step_size_epochs():
+    got = factors(schedule="step", epochs=6, warmup_epochs=0, step_size=2, gamma=0.1)
+    assert got == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_constant_after_a_linear_warm_up():
+    got = factors(schedule="constant", epochs=5, warmup_epochs=2)
+    assert got == pytest.approx([1 / 3, 2 / 3, 1, 1, 1])
+
+
+def test_scale_lr_multiplies_by_the_process_count():
+    model = torch.nn.Linear(2, 5)
+    scaled = tiny_config(train__lr=0.01, train__scale_lr=True).train
+    plain = tiny_config(train__lr=0.01, train__scale_lr=False).train
+    assert make_optimizer(model, scaled, 4).param_groups[0]["lr"] == pytest.approx(0.04)
+    assert make_optimizer(model, plain, 4).param_groups[0]["lr"] == 0.01
+
+
+def test_class_weights_give_every_present_grade_the_same_total_weight():
+    labels = np.array([0] * 12 + [1] * 4 + [2] * 3 + [4] * 1)  # no grade 3
+    weights = class_weights(labels).numpy()
+    totals = weights * np.bincount(labels, minlength=5)
+    assert totals[[0, 1, 2, 4]] == pytest.approx([totals[0]] * 4)
+    assert weights[3] == 0 and weights[4] > weights[2] > weights[1] > weights[0]
+
+
+def test_weighted_and_smoothed_criterion_is_the_textbook_loss():
+    labels = np.array([0] * 6 + [1] * 2 + [2, 3, 4, 4])
+    logits = torch.randn(12, 5, generator=torch.Generator().manual_seed(0))
+    y = torch.as_tensor(labels)
+    cfg = tiny_config(train__class_weights=True, train__label_smoothing=0.2).train
+    loss = make_criterion(cfg, labels, torch.device("cpu"))(logits, y)
+    # label smoothing: the target is 0.8 on the grade plus 0.2 spread evenly over all five
+    target = 0.8 * F.one_hot(y, 5) + 0.2 / 5
+    w = class_weights(labels)
+    per_sample = -(target * w * F.log_softmax(logits, 1)).sum(1)
+    assert loss.item() == pytest.approx((per_sample.sum() / w[y].sum()).item(), rel=1e-6)
+    plain = tiny_config(train__class_weights=False, train__label_smoothing=0.0).train
+    assert make_criterion(plain, labels, torch.device("cpu"))(logits, y).item() == pytest.approx(
+        F.cross_entropy(logits, y).item()
+    )
+
+
+def test_losses_select_the_lowest_and_scores_the_highest():
+    assert better("val_loss", 0.4, 0.5) and not better("val_loss", 0.6, 0.5)
+    assert better("val_qwk", 0.6, 0.5) and not better("val_qwk", 0.4, 0.5)
+    assert better("val_acc", 0.1, None)
+
+
+def test_val_loss_selects_the_epoch_of_lowest_validation_loss(project):
+    cfg = tiny_config(train__epochs=3, train__select_metric="val_loss")
+    metrics = run_train(project, cfg)
+    history = pd.read_csv(project / "reports" / "history.csv")
+    assert history.val_loss.nunique() == 3  # the direction matters on this run
+    assert metrics["best_epoch"] == history.val_loss.idxmin() + 1
+    assert metrics["val_loss"] == history.val_loss.min()
+    # and the schedule ran as configured, one lr per epoch (cosine, no warm-up here)
+    expected = [0.003 * 0.5 * (1 + math.cos(math.pi * e / 3)) for e in range(3)]
+    assert list(history.lr) == pytest.approx(expected)
+
+
+def backbone_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Trainable backbone tensors: BatchNorm running statistics move even when frozen."""
+    learnable = {name for name, _ in resnet18().named_parameters()}
+    return {k: v for k, v in state.items() if k in learnable and not k.startswith("fc.")}
+
+
+@pytest.mark.parametrize("freeze_epochs, frozen", [(1, True), (0, False)])
+def test_freeze_epochs_train_the_head_only(project, freeze_epochs, frozen):
+    weights = project / "imagenet.pth"
+    start = backbone_weights(random_imagenet_weights(weights))
+    cfg = tiny_config(pretrained=str(weights), train__epochs=1, train__freeze_epochs=freeze_epochs)
+    run_train(project, cfg)
+    best = checkpoint.load(project / "models" / "best.pt").model
+    unchanged = [torch.equal(best[k], v) for k, v in start.items()]
+    assert all(unchanged) if frozen else not any(unchanged)
+
+
+def test_a_changed_config_retrains_from_scratch(project, capsys, monkeypatch):
+    # a training that finished its epochs but died before publishing leaves resume.pt behind
+    def crash(*args):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("retino.training.train._publish_models", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        run_train(project, tiny_config(train__epochs=1, train__lr=0.003), "a")
+    assert checkpoint.load(project / "a" / "ckpt" / "resume.pt").epoch == 1
+    monkeypatch.undo()
+
+    changed = tiny_config(train__epochs=1, train__lr=0.001)
+    resumed = run_train(project, changed, "a")  # same checkpoint folder, other lr
+    out = capsys.readouterr().out
+    assert "different config or data; starting fresh" in out and "resuming" not in out
+    assert resumed == run_train(project, changed, "b")  # as a run that never saw the old one
