@@ -185,8 +185,15 @@ def show(driver, url: str, *texts: str) -> str:
 
 def screenshot(driver, name: str, folder: Path) -> None:
     """`name` in `folder`, and in $RETINO_SCREENSHOTS when set (the README's figures)."""
-    settled = "return document.getAnimations().every(a => a.playState !== 'running')"
-    wait_for(lambda: driver.execute_script(settled), 30, f"animations to end before {name}")
+    # transitions ended and no spinner in view; charts below the fold load (and spin) only
+    # once scrolled to, so endless animations outside the viewport are left alone
+    settled = """return document.getAnimations().every(a => {
+        if (a.playState !== 'running') return true;
+        if (a.effect.getComputedTiming().endTime !== Infinity) return false;
+        const box = a.effect.target ? a.effect.target.getBoundingClientRect() : null;
+        return !box || box.bottom < 0 || box.top > window.innerHeight || !box.width;
+    })"""
+    wait_for(lambda: driver.execute_script(settled), 60, f"the view to settle before {name}")
     driver.save_screenshot(str(folder / name))
     if os.environ.get("RETINO_SCREENSHOTS"):
         shutil.copy(folder / name, Path(os.environ["RETINO_SCREENSHOTS"], name))
