@@ -269,3 +269,19 @@ def test_an_unknown_layout_names_the_ones_it_knows(capsys, tmp_path):
     (tmp_path / "photos" / "labels.csv").write_text("file,grade\n")
     line = expect_problem(capsys, tmp_path / "photos", "no known dataset layout")
     assert "trainLabels.csv" in line and "train.csv" in line and "train_img.csv" in line
+
+
+def test_a_camera_frame_cut_mid_scan_is_caught_by_the_scaled_decode(capsys, tmp_path):
+    # EyePACS-sized frames, checked as `retino validate` checks them: 1/8-scale decoding in a
+    # pool of worker processes. Cut mid-scan, the header is intact: only the decode can tell.
+    root = tmp_path / "frames"
+    synthesize(root, n_train=3, n_test=1, size=256, seed=5, frame=(3888, 2592))
+    path = first_image(root)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    assert Image.open(path).size == (3888, 2592)
+    code = main(["validate", str(root), "--workers", "2"])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2 and len(err) == 1 and "Traceback" not in err[0]
+    assert err[0].startswith(f"error: {root / 'train_img.csv'}:1: image {path} is unreadable")
+    assert "Premature end of JPEG file" in err[0]

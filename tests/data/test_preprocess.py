@@ -6,11 +6,15 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import simplejpeg
+from PIL import ImageFile
 
+from retino.data import images
 from retino.data.cache import open_index
 from retino.data.fundus import preprocess_image
 from retino.data.prepare import prepare
 from retino.data.preprocess import preprocess
+from retino.data.splits import SPLITS
 from retino.errors import RetinoError
 from tests.conftest import tiny_config
 
@@ -59,3 +63,25 @@ def test_a_cache_of_other_params_is_refused(project):
         open_index(project / "preprocessed", 64, "none")
     with pytest.raises(RetinoError, match=r"run `dvc repro preprocess`"):
         open_index(project / "preprocessed", 32, "graham")
+
+
+def test_prepare_reads_headers_only_and_preprocess_decodes_each_image_once(
+    tiny_data, tmp_path, monkeypatch
+):
+    decodes = []  # JPEG decodes (libjpeg-turbo) and Pillow decodes, in this process
+
+    def counted(decode):
+        def wrapper(*args, **kwargs):
+            decodes.append(decode.__name__)
+            return decode(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(images.simplejpeg, "decode_jpeg", counted(simplejpeg.decode_jpeg))
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counted(ImageFile.ImageFile.load))
+    cfg = tiny_config(preprocess__workers=1)  # decode here, where the counting is
+    prepare(tiny_data, tmp_path / "prepared", cfg)
+    assert decodes == []
+    preprocess(tiny_data, tmp_path / "prepared", tmp_path / "cache", cfg)
+    rows = sum(len(pd.read_csv(tmp_path / "prepared" / f"{s}.csv")) for s in SPLITS)
+    assert rows == 64 and decodes == ["decode_jpeg"] * rows
