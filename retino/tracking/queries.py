@@ -10,6 +10,8 @@ from mlflow.exceptions import MlflowException
 from retino.errors import RetinoError
 from retino.tracking.store import DEFAULT_EXPERIMENT, Store, retry
 
+PAGE = 1000  # runs per search request (MLflow's default page size)
+
 
 @dataclass(frozen=True)
 class RunRecord:
@@ -35,11 +37,10 @@ def list_runs(
         raise RetinoError(
             f"no MLflow experiment {experiment!r} in {store.uri}; run `dvc repro` first"
         )
-    runs = retry(lambda: store.client.search_runs([experiment_id], order_by=["start_time ASC"]))
     records = [
         RunRecord(r.info.run_id, r.info.run_name, r.info.status, r.data.params, r.data.metrics,
                   r.data.tags.get("dvc_exp_name", ""))
-        for r in runs
+        for r in _all_runs(store, experiment_id)
     ]  # fmt: skip
     if run_ids:
         wanted = set(run_ids)
@@ -48,6 +49,23 @@ def list_runs(
         if missing:
             raise RetinoError(f"run {sorted(missing)[0]!r} not found in experiment {experiment!r}")
     return records
+
+
+def _all_runs(store: Store, experiment_id: str) -> list:
+    """Every run of the experiment, oldest first. MLflow answers a page at a time (1000 runs by
+    default) and says nothing of the rest: an unpaged search would drop every run after the
+    first page, the newest ones."""
+    runs, token = [], None
+    while True:
+        page = retry(
+            lambda token=token: store.client.search_runs(
+                [experiment_id], order_by=["start_time ASC"], max_results=PAGE, page_token=token
+            )
+        )
+        runs += page
+        token = page.token
+        if not token:
+            return runs
 
 
 def metric_history(store: Store, run_id: str, key: str) -> dict[int, float]:

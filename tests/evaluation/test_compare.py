@@ -4,11 +4,14 @@ import json
 
 import pandas as pd
 import pytest
+from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from retino.cli import main
 from retino.tracking.names import headline_placeholders
+from retino.tracking.queries import list_runs
 from retino.tracking.runs import open_run
+from retino.tracking.store import existing_store
 
 
 @pytest.fixture
@@ -95,3 +98,20 @@ def test_unknown_run(store, capsys):
     log_run(store, "resnet18", True, 0.82, 0.61)
     assert main(["compare", "--out", str(store / "cmp"), "--runs", "nope"]) == 2
     assert "run 'nope' not found" in capsys.readouterr().err
+
+
+def test_the_newest_run_shows_also_past_a_page_of_search_results(store, monkeypatch):
+    # MLflow answers a search a page at a time, 1000 runs unless asked otherwise; the runs past
+    # the first page are the newest and must count. Pages of 2 stand for that here.
+    search = MlflowClient.search_runs
+
+    def paged(self, *args, max_results=1000, **kwargs):
+        return search(self, *args, max_results=min(max_results, 2), **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "search_runs", paged)
+    for acc in (0.70, 0.71, 0.72, 0.73, 0.74):
+        log_run(store, "resnet18", False, acc, 0.5)
+    assert main(["compare", "--out", str(store / "cmp")]) == 0
+    assert pd.read_csv(store / "cmp" / "results.csv").test_accuracy.tolist() == [0.74]
+    runs = list_runs(existing_store(store))
+    assert [r.metrics["best/test_accuracy"] for r in runs] == [0.70, 0.71, 0.72, 0.73, 0.74]
