@@ -21,8 +21,6 @@ stdout: the tables, then one JSON line (always the last). Progress goes to stder
 """
 
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -38,6 +36,7 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.baseline import lab_report_loader, lab_report_step
+from benchmarks.machine import cpu_description
 from retino.config import AugmentConfig, load_config
 from retino.data.dataset import CachedImages, default_workers, make_loader
 from retino.data.fundus import preprocess_image
@@ -297,15 +296,7 @@ def _device() -> torch.device:
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu: {model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    return f"cpu: {cpu_description()}, {torch.get_num_threads()} torch threads"
 
 
 def _peak_flops(device: torch.device) -> float | None:

@@ -6,6 +6,10 @@ from pathlib import Path
 
 from retino.errors import exit_on_error
 
+STAGES = ("validate", "prepare", "preprocess", "train", "evaluate", "compare")
+FULL = {"sizes": (1000, 4000, 16000), "frames": 100, "runs": (1, 10, 50)}
+QUICK = {"sizes": (250, 1000), "frames": 10, "runs": (1, 5)}
+
 
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
@@ -15,7 +19,8 @@ def _positive(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="retino bench", description="time retino's fast path against the lab report's loop"
+        prog="retino bench",
+        description="time retino's fast path against the lab report's loop, and how it scales",
     )
     what = parser.add_subparsers(dest="what", required=True, metavar="WHAT")
     q = what.add_parser("input", help="loader throughput: decode, batch, flip, normalise")
@@ -29,12 +34,78 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--size", type=_positive, required=True, help="image side in pixels")
     q.add_argument("--batch-size", type=_positive, default=32, help="default 32")
     q.add_argument("--batches", type=_positive, default=10, help="timed per path (default 10)")
+    q = what.add_parser(
+        "scale",
+        help="how every stage's time and memory grow with the data and the runs",
+        description=f"Defaults: {_preset(FULL)} (about 20 minutes on 2 cores).",
+    )
+    q.add_argument(
+        "--sizes",
+        type=_positive,
+        nargs="+",
+        metavar="N",
+        help=f"images per small dataset (default {' '.join(map(str, FULL['sizes']))})",
+    )
+    q.add_argument("--px", type=_positive, default=64, help="their side (default 64)")
+    q.add_argument(
+        "--frames",
+        type=_count,
+        metavar="N",
+        help=f"camera-sized frames, 0 for none (default {FULL['frames']})",
+    )
+    q.add_argument("--frame", default="3888x2592", metavar="WxH", help="default 3888x2592")
+    q.add_argument(
+        "--runs",
+        type=_positive,
+        nargs="+",
+        metavar="N",
+        help=f"runs in the MLflow store (default {' '.join(map(str, FULL['runs']))})",
+    )
+    q.add_argument(
+        "--train-px",
+        type=_positive,
+        default=32,
+        help="image size of preprocess, train and evaluate (default 32)",
+    )
+    q.add_argument("--arch", default="resnet18", help="default resnet18")
+    q.add_argument("--batch-size", type=_positive, default=64, help="default 64")
+    q.add_argument(
+        "--stages",
+        nargs="+",
+        choices=STAGES,
+        default=list(STAGES),
+        metavar="STAGE",
+        help=f"only these (and what they read from): {', '.join(STAGES)}",
+    )
+    q.add_argument("--quick", action="store_true", help=f"other defaults: {_preset(QUICK)}")
     return parser
+
+
+def _preset(preset: dict) -> str:
+    sizes, runs = (" ".join(map(str, preset[k])) for k in ("sizes", "runs"))
+    return f"sizes {sizes}, {preset['frames']} frames, runs {runs}"
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
 
 
 @exit_on_error
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.what == "scale":
+        from benchmarks.scale import bench_scale  # neither torch nor mlflow: its children do
+
+        preset = QUICK if args.quick else FULL
+        bench_scale(
+            list(args.sizes or preset["sizes"]), args.px,
+            preset["frames"] if args.frames is None else args.frames, args.frame,
+            list(args.runs or preset["runs"]), args.train_px, args.arch, args.batch_size,
+            args.stages,
+        )  # fmt: skip
+        return 0
     from benchmarks.bench import bench_input, bench_train  # torch: after the arguments parse
 
     if args.what == "input":
