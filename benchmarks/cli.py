@@ -77,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="STAGE",
         help=f"only these (and what they read from): {', '.join(STAGES)}",
     )
+    q.add_argument(
+        "--repeat",
+        type=_positive,
+        default=1,
+        help="rounds over the data stages, keeping each one's fastest: the least disturbed by "
+        "other work on the machine (default 1)",
+    )
     q.add_argument("--quick", action="store_true", help=f"other defaults: {_preset(QUICK)}")
     return parser
 
@@ -103,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             list(args.sizes or preset["sizes"]), args.px,
             preset["frames"] if args.frames is None else args.frames, args.frame,
             list(args.runs or preset["runs"]), args.train_px, args.arch, args.batch_size,
-            args.stages,
+            args.stages, args.repeat,
         )  # fmt: skip
         return 0
     from benchmarks.bench import bench_input, bench_train  # torch: after the arguments parse

@@ -14,19 +14,21 @@ page cache):
 
 Each measurement runs in a fresh process (benchmarks/stages.py), so its peak memory is its own
 and its imports are not in its time ("process s" has the whole process: interpreter, imports,
-work). This process imports neither torch nor mlflow.
+work). This process imports neither torch nor mlflow. The machine may be shared: each stage
+runs on all the datasets in turn, so that the sizes compared are measured close together, and
+`--repeat` rounds keep the fastest of each measurement; every row shows the load it met.
 
 stdout: the tables, then one JSON line (always the last). Progress goes to stderr.
 """
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 from benchmarks.machine import cpu_description
@@ -36,6 +38,7 @@ from retino.synth import synthesize
 from retino.synth.checks import parse_frame
 
 ROOT = Path(__file__).resolve().parents[1]
+PIPELINE = ("validate", "prepare", "preprocess", "train", "evaluate")  # data stages, in order
 NEEDS = {"preprocess": "prepare", "train": "preprocess", "evaluate": "preprocess"}
 FRAME_SIZES = (256, 512)  # preprocess of the frames: the README's cache sizes
 
@@ -63,6 +66,15 @@ class Row:
         return 1000 * self.cpu_seconds / self.items
 
 
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    root: Path
+    work: Path  # prepared tables and caches
+    cache_sizes: tuple[int, ...]  # preprocess at each
+    model: dict | None  # train and evaluate on the first cache, with these args
+
+
 def bench_scale(
     sizes: list[int],
     px: int,
@@ -73,6 +85,7 @@ def bench_scale(
     arch: str,
     batch_size: int,
     stages: list[str],
+    repeat: int = 1,
 ) -> dict:
     wanted = set(stages)
     for stage in stages:  # a stage brings the ones it reads from
@@ -87,48 +100,61 @@ def bench_scale(
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="retino-scale-") as tmp:
         tmp = Path(tmp)
-        data_stages = wanted - {"compare"}
-        for n in sizes if data_stages else []:
-            data = tmp / f"n{n}"
+        datasets = []
+        for n in sizes if wanted - {"compare"} else []:
             _say(f"writing {n} images of {px} px")
-            synthesize(data, n - max(1, n // 5), max(1, n // 5), px, seed=n)
-            rows += _dataset_rows(data, tmp / f"work{n}", f"{n} x {px} px", wanted,
-                                  (train_px,), model)  # fmt: skip
-            shutil.rmtree(data)
-        if frames and data_stages:
-            data = tmp / "frames"
+            root = tmp / f"n{n}"
+            synthesize(root, n - max(1, n // 5), max(1, n // 5), px, seed=n)
+            datasets.append(Dataset(f"{n} x {px} px", root, tmp / f"work{n}", (train_px,), model))
+        if frames and wanted - {"compare"}:
             _say(f"writing {frames} frames of {frame}")
-            test = max(1, frames // 5)
-            synthesize(data, frames - test, test, None, seed=1, frame=frame_size)
+            root, test = tmp / "frames", max(1, frames // 5)
+            synthesize(root, frames - test, test, None, seed=1, frame=frame_size)
             name = f"{frames} x {frame_size[0]}x{frame_size[1]}"
-            rows += _dataset_rows(data, tmp / "work-frames", name, wanted, FRAME_SIZES, None)
+            datasets.append(Dataset(name, root, tmp / "work-frames", FRAME_SIZES, None))
+        rows += _dataset_rows(datasets, wanted, repeat)
         if "compare" in wanted:
             rows += _store_rows(tmp / "store", sorted(set(runs)))
     return _report(rows, sizes, px, frames, frame_size, started, load)
 
 
-def _dataset_rows(
-    data: Path, work: Path, name: str, wanted: set[str], cache_sizes, model: dict | None
-) -> list[Row]:
-    """The stages on one dataset, in pipeline order; `model`: train and evaluate too."""
-    common = {"data": str(data), "work": str(work)}
-    rows = []
+def _dataset_rows(datasets: list[Dataset], wanted: set[str], repeat: int) -> list[Row]:
+    """Every stage on every dataset, `repeat` rounds, the fastest of each kept. In a round each
+    stage runs on every dataset in turn, so that its sizes are measured close together in time,
+    under much the same load from other work. Rows come back by dataset, in pipeline order."""
+    steps = {ds.name: _steps(ds, wanted) for ds in datasets}
+    plan = [(ds.name, *measure) for step in PIPELINE for ds in datasets
+            for measure in steps[ds.name].get(step, [])]  # fmt: skip
+    best: dict[tuple[str, str], Row] = {}
+    for _ in range(repeat):
+        for name, stage, label, args in plan:
+            row = _measure(stage, label, name, args)
+            if (name, label) not in best or row.seconds < best[name, label].seconds:
+                best[name, label] = row
+    return [best[name, label] for name in steps for _, label, _ in chain(*steps[name].values())]
+
+
+def _steps(ds: Dataset, wanted: set[str]) -> dict[str, list[tuple[str, str, dict]]]:
+    """Pipeline step -> its measurements on one dataset: (stage, label, args)."""
+    common = {"data": str(ds.root), "work": str(ds.work)}
+    steps: dict[str, list[tuple[str, str, dict]]] = {}
     if "validate" in wanted:  # the two checks back to back: same data, same page cache
-        rows.append(_measure("validate-old", "validate (old)", name, common))
-        rows.append(_measure("validate", "validate", name, common))
+        steps["validate"] = [("validate-old", "validate (old)", common),
+                             ("validate", "validate", common)]  # fmt: skip
     if "prepare" in wanted:
-        rows.append(_measure("prepare", "prepare", name, common))
-    for size in cache_sizes if "preprocess" in wanted else ():
-        args = {**common, "size": size, "cache": f"cache{size}"}
-        rows.append(_measure("preprocess", f"preprocess {size} px", name, args))
-    if model:
-        args = {**common, **model, "cache": f"cache{model['size']}"}
-        what = f"{model['arch']} {model['size']} px"
-        for stage in ("train", "evaluate"):
+        steps["prepare"] = [("prepare", "prepare", common)]
+    if "preprocess" in wanted:
+        steps["preprocess"] = [
+            ("preprocess", f"preprocess {px} px", {**common, "size": px, "cache": f"cache{px}"})
+            for px in ds.cache_sizes
+        ]
+    if ds.model:
+        args = {**common, **ds.model, "cache": f"cache{ds.model['size']}"}
+        what = f"{ds.model['arch']} {ds.model['size']} px"
+        for stage, label in (("train", f"train epoch {what}"), ("evaluate", f"evaluate {what}")):
             if stage in wanted:
-                label = f"train epoch {what}" if stage == "train" else f"evaluate {what}"
-                rows.append(_measure(stage, label, name, args))
-    return rows
+                steps[stage] = [(stage, label, args)]
+    return steps
 
 
 def _store_rows(store: Path, runs: list[int]) -> list[Row]:

@@ -112,7 +112,12 @@ def train(args: dict) -> Work:
     from retino.data.cache import open_index
     from retino.data.dataset import CachedSplit, default_workers, make_loader
     from retino.data.transforms import BatchTransform
-    from retino.training.engine import epoch_generator, resolve_device, train_one_epoch
+    from retino.training.engine import (
+        epoch_generator,
+        resolve_device,
+        train_one_epoch,
+        train_step,
+    )
     from retino.training.models import build_model
     from retino.training.optim import make_criterion, make_optimizer
 
@@ -132,6 +137,11 @@ def train(args: dict) -> Work:
     optimizer = make_optimizer(model, cfg.train)
     criterion = make_criterion(cfg.train, dataset.labels.numpy(), device)
 
+    # one step first, untimed: oneDNN builds its kernels and the allocator its pools on first
+    # use, a cost per process, not per image
+    images, labels = next(iter(loader))
+    train_step(model, images, labels, transform, optimizer, criterion, torch.Generator())
+
     def work() -> int:
         generator = epoch_generator(cfg.seed, 0, 0)
         train_one_epoch(model, loader, transform, optimizer, criterion, generator, 1)
@@ -144,6 +154,8 @@ def evaluate(args: dict) -> Work:
     """The evaluate stage's prediction and reports over the cached test split (`evaluate_test`:
     predictions, metrics, predictions.csv), with an untrained model; MLflow logging and the
     10-image Grad-CAM gallery, whose cost does not grow with the data, are left out."""
+    import torch
+
     from retino.data.dataset import CachedSplit
     from retino.data.transforms import BatchTransform
     from retino.evaluation.evaluate import evaluate_test
@@ -159,6 +171,9 @@ def evaluate(args: dict) -> Work:
     model = build_model(cfg.arch).to(device, memory_format=transform.memory_format).eval()
     predictor = Predictor(model, cfg, transform, "untrained")
     cached = CachedSplit(cache, work_dir / "prepared", "test")
+    with torch.no_grad():  # one batch first, untimed, as for `train`
+        images, _ = cached.__getitems__(list(range(min(len(cached), cfg.eval.batch_size))))
+        model(transform(images))
 
     def work() -> int:
         evaluate_test(predictor, cached, work_dir / "eval")

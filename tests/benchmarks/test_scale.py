@@ -27,7 +27,7 @@ def rows(out: str, dataset: str) -> list[str]:
 
 def test_validate_on_small_images_and_frames(capsys):
     argv = ["bench", "scale", "--sizes", "30", "60", "--frames", "4", "--frame", "640x480"]
-    assert main([*argv, "--stages", "validate"]) == 0
+    assert main([*argv, "--stages", "validate", "--repeat", "2"]) == 0
     out = capsys.readouterr().out
     result = last_json(out)
     assert rows(out, "30 x 64 px") == rows(out, "60 x 64 px") == ["validate (old)", "validate"]
