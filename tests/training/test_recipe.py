@@ -109,16 +109,17 @@ def test_freeze_epochs_train_the_head_only(project, freeze_epochs, frozen):
     assert all(unchanged) if frozen else not any(unchanged)
 
 
-def test_a_changed_config_retrains_from_scratch(project, capsys, monkeypatch):
+def test_a_changed_config_retrains_from_scratch(project, capsys):
     # a training that finished its epochs but died before publishing leaves resume.pt behind
     def crash(*args):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("retino.training.train._publish_models", crash)
-    with pytest.raises(RuntimeError, match="disk full"):
+    # a context of its own: undoing the fixture's monkeypatch would also undo the project's
+    # chdir and DVC_ROOT, and the next run would log to a store in the checkout
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(RuntimeError, match="disk full"):
+        mp.setattr("retino.training.train._publish_models", crash)
         run_train(project, tiny_config(train__epochs=1, train__lr=0.003), "a")
     assert checkpoint.load(project / "a" / "ckpt" / "resume.pt").epoch == 1
-    monkeypatch.undo()
 
     changed = tiny_config(train__epochs=1, train__lr=0.001)
     resumed = run_train(project, changed, "a")  # same checkpoint folder, other lr
