@@ -34,6 +34,28 @@ def variant(arch: str, pretrained: Any) -> str:
     return f"{arch}-{'scratch' if pretrained is False else 'pretrained'}"
 
 
+# The recipe beyond arch and weights: (param, the lab report's value, how a row names another)
+RECIPE = (
+    ("train.loss", "ce", lambda v: v),
+    ("train.sampler", "shuffle", lambda v: f"{v} sampling"),
+    ("eval.tta", "none", lambda v: f"{v} TTA"),
+    ("eval.paired_eyes", "False", lambda v: "both eyes"),
+)
+
+
+def recipe(params: dict[str, Any]) -> str:
+    """What a run did beyond the lab report's recipe (ce, shuffled, no TTA, each eye alone), e.g.
+    'regression, balanced sampling, flips TTA, both eyes'; '' for the lab's own. `params` are
+    flat config values or MLflow's strings of them; a run logged before a key existed had its
+    lab value."""
+    parts = []
+    for key, lab, name in RECIPE:
+        value = str(params.get(key, lab))
+        if value != lab:
+            parts.append(name(value))
+    return ", ".join(parts)
+
+
 def calibration_metrics(
     thresholds: list[float] | None, eye_weight: float | None, prefix: str = "best/"
 ) -> dict[str, float]:

@@ -138,6 +138,10 @@ def test_the_kappa_recipe_resumes_bit_for_bit(project):
     for k in range(1, 5):
         assert run[f"metrics.best/threshold_{k}"] == full[f"threshold_{k}"]
     assert run["metrics.best/eye_weight"] == full["eye_weight"]
+    assert (
+        "; regression, progressive sampling, flips TTA, both eyes; "
+        in run["tags.mlflow.note.content"]
+    )
 
 
 def test_losses_select_the_lowest_and_scores_the_highest():
