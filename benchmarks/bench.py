@@ -125,8 +125,11 @@ def bench_input(data: Path, size: int, batch_size: int, batches: int) -> dict:
     return _report(title, rows, notes, device, decode_rows=decode_rows, extra=extra)
 
 
-def bench_train(data: Path, arch: str, size: int, batch_size: int, batches: int) -> dict:
-    """Full train steps (forward, backward, optimizer step) per second, in images/s."""
+def bench_train(
+    data: Path, arch: str, size: int, batch_size: int, batches: int, compile: bool = False
+) -> dict:
+    """Full train steps (forward, backward, optimizer step) per second, in images/s; `compile`:
+    retino's model through torch.compile, as with train.compile (compiled in the warm-up)."""
     # the engine pulls in tqdm and scikit-learn: only `bench train` pays for them
     from retino.training.engine import train_step
     from retino.training.optim import make_optimizer
@@ -153,15 +156,19 @@ def bench_train(data: Path, arch: str, size: int, batch_size: int, batches: int)
         criterion = torch.nn.CrossEntropyLoss()
         generator = torch.Generator().manual_seed(0)
 
-        def step(images: torch.Tensor, labels: torch.Tensor) -> None:  # as train_one_epoch
-            loss, _, _ = train_step(
-                model, images, labels, transform, optimizer, criterion, generator
-            )
-            loss.item()
+        def step_of(net: torch.nn.Module) -> Step:
+            def step(images: torch.Tensor, labels: torch.Tensor) -> None:  # as train_one_epoch
+                loss, _, _ = train_step(
+                    net, images, labels, transform, optimizer, criterion, generator
+                )
+                loss.item()
+
+            return step
 
         model.train()
         loader = _loader(cached, batch_size, device)
-        flops = _flops_per_image(loader, step) if cuda else None
+        flops = _flops_per_image(loader, step_of(model)) if cuda else None  # counted eagerly
+        step = step_of(torch.compile(model) if compile else model)
         return _run("retino train step", loader, batches, step, device), flops
 
     rows = [baseline_run("lab-report loop")]
@@ -171,6 +178,7 @@ def bench_train(data: Path, arch: str, size: int, batch_size: int, batches: int)
 
     workers = default_workers(-1, cuda)
     precision = "bf16 autocast, channels_last" if cuda else "fp32"
+    precision += ", torch.compile" if compile else ""
     notes = [
         f"lab-report: {_baseline_description(size, stored)}, no workers, batch_size={batch_size}; "
         "fp32, default memory format, SGD(momentum 0.9)",

@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--size", type=_positive, required=True, help="image side in pixels")
     q.add_argument("--batch-size", type=_positive, default=32, help="default 32")
     q.add_argument("--batches", type=_positive, default=10, help="timed per path (default 10)")
+    q.add_argument("--compile", action="store_true", help="retino's model via torch.compile")
     return parser
 
 
@@ -40,5 +41,5 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "input":
         bench_input(args.data, args.size, args.batch_size, args.batches)
     else:
-        bench_train(args.data, args.arch, args.size, args.batch_size, args.batches)
+        bench_train(args.data, args.arch, args.size, args.batch_size, args.batches, args.compile)
     return 0

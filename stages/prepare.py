@@ -1,4 +1,4 @@
-"""prepare: validate the lab layout in data/, then write the train/val/test tables and stats."""
+"""prepare: validate the dataset in data/, then write the train/val/test tables and stats."""
 
 import argparse
 import sys

@@ -190,7 +190,8 @@ def _logged_epochs(history: list[dict[str, float]], select: str) -> dict[int, di
 def _device_name(device: torch.device) -> str:
     """What ran it: cpu, or cuda:0 (NVIDIA H100 80GB HBM3)."""
     if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
+        index = torch.cuda.current_device() if device.index is None else device.index
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
     return str(device)
 
 

@@ -199,21 +199,6 @@ def test_missing_root(capsys, tmp_path):
     expect_problem(capsys, tmp_path / "nowhere", "dataset folder not found")
 
 
-def test_a_decimal_grade_in_row_one_is_a_grade_not_a_header(tiny_data):
-    label = tiny_data / "train_label.csv"
-    values = rows(label)
-    rewrite(label, [f"{values[0]}.0", *values[1:]])
-    report = validate(tiny_data)
-    assert report.problems == [] and len(report.samples["train"]) == 48
-    assert report.samples["train"][0].label == int(values[0])
-
-
-def test_a_fractional_grade_is_a_problem(capsys, tiny_data):
-    label = tiny_data / "train_label.csv"
-    rewrite(label, ["2.5", *rows(label)[1:]])
-    expect_problem(capsys, tiny_data, "train_label.csv:1:", "'2.5' is not an integer grade 0-4")
-
-
 @pytest.fixture
 def kaggle(tmp_path) -> Path:
     synthesize(tmp_path / "kaggle", n_train=24, n_test=12, size=40, seed=6, layout="kaggle")
