@@ -282,7 +282,8 @@ class EvalConfig(_Checked):
     PREFIX: ClassVar[str] = "eval."
     batch_size: int = param(Integer(1), "batch size of validation, test and predict")
     tta: str = param(
-        Choice(("none", "flips")), "flips: mean output over the 4 flip combinations (test, predict)"
+        Choice(("none", "flips")),
+        "flips: mean output over the 4 flip combinations (val calibration, test, predict)",
     )
     paired_eyes: bool = param(
         FLAG, "blend each eye's output with its fellow eye's, weight fitted on validation"
