@@ -232,8 +232,20 @@ class TrainConfig(_Checked):
     warmup_epochs: int = param(Integer(0, "train.epochs"), "epochs of linear lr warm-up")
     step_size: int = param(Integer(1), "step schedule: epochs between decays")
     gamma: float = param(Number(0, 1, low_open=True), "step schedule: decay factor")
-    class_weights: bool = param(FLAG, "inverse-frequency weighted cross-entropy")
-    label_smoothing: float = param(Number(0, 1, high_open=True), "cross-entropy label smoothing")
+    loss: str = param(
+        Choice(("ce", "regression")),
+        "ce: 5-way cross-entropy, argmax; regression: one output, MSE on the grade, cut by "
+        "thresholds fitted on validation for QWK",
+    )
+    sampler: str = param(
+        Choice(("shuffle", "balanced", "progressive")),
+        "shuffle: each image once per epoch; balanced: every grade equally often; "
+        "progressive: from instance to class balance over the epochs",
+    )
+    class_weights: bool = param(FLAG, "inverse-frequency weighted loss")
+    label_smoothing: float = param(
+        Number(0, 1, high_open=True), "cross-entropy label smoothing (ce only)"
+    )
     select_metric: str = param(
         Choice(("val_qwk", "val_acc", "val_loss")), "the validation metric that picks best.pt"
     )
@@ -269,6 +281,13 @@ class TrainConfig(_Checked):
 class EvalConfig(_Checked):
     PREFIX: ClassVar[str] = "eval."
     batch_size: int = param(Integer(1), "batch size of validation, test and predict")
+    tta: str = param(
+        Choice(("none", "flips")),
+        "flips: mean output over the 4 flip combinations (val calibration, test, predict)",
+    )
+    paired_eyes: bool = param(
+        FLAG, "blend each eye's output with its fellow eye's, weight fitted on validation"
+    )
 
 
 @dataclass(frozen=True)

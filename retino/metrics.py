@@ -5,7 +5,8 @@ returns plain Python floats, so the results go straight into JSON files and MLfl
 
 Conventions
 -----------
-* Grades are the integers 0..4 (`GRADE_NAMES`); the predicted grade is `argmax(probs)`.
+* Grades are the integers 0..4 (`GRADE_NAMES`); from probabilities the predicted grade is
+  `argmax(probs)` (a regression head cuts its score at thresholds: `grading_metrics`).
 * Per-class scores always use ``labels=range(5)``: a grade missing from a small split still
   gets its column (precision/recall 0 by ``zero_division=0``), so every run logs the same keys.
 * "Referable" DR is grade >= 2 (moderate or worse), the usual screening threshold.
@@ -105,8 +106,17 @@ def classification_metrics(labels, probs) -> dict[str, float]:
         raise ValueError(f"labels and probs differ in length: {len(y)} vs {probs.shape[0]}")
     if not np.all(np.isfinite(probs)):
         raise ValueError("probs contains NaN or inf")
-    p = probs.argmax(axis=1)
+    return grading_metrics(y, probs.argmax(axis=1), probs[:, REFERABLE_GRADE:].sum(axis=1))
 
+
+def grading_metrics(labels, preds, referable_score) -> dict[str, float]:
+    """`classification_metrics` of predicted grades, whatever made them: `referable_score` (N,)
+    is any score that orders the images by how likely they are referable — P(grade >= 2), or a
+    regression head's continuous grade — and only the referable AUC uses it."""
+    y, p = _pair(labels, preds)
+    ref_score = np.asarray(referable_score, dtype=np.float64)
+    if ref_score.shape != y.shape or not np.all(np.isfinite(ref_score)):
+        raise ValueError(f"referable_score must be {len(y)} finite numbers")
     with warnings.catch_warnings():
         # a grade predicted but absent from a small split, or a split holding a single grade,
         # is expected and handled by sklearn; its warnings would only clutter training logs
@@ -130,7 +140,6 @@ def classification_metrics(labels, probs) -> dict[str, float]:
 
     ref_true = (y >= REFERABLE_GRADE).astype(np.int64)
     ref_pred = (p >= REFERABLE_GRADE).astype(np.int64)
-    ref_score = probs[:, REFERABLE_GRADE:].sum(axis=1)
     has_pos, has_neg = bool(ref_true.any()), bool((ref_true == 0).any())
     if has_pos and has_neg:
         out["referable_auc"] = float(roc_auc_score(ref_true, ref_score))

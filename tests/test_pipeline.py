@@ -2,7 +2,8 @@
 
 import json
 
-import mlflow
+import mlflow.pyfunc
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
@@ -71,12 +72,42 @@ def test_dvc_repro_end_to_end(tmp_path, tiny_source):
     assert metrics["reports/train/metrics.json"]["data"] == train_metrics
     assert metrics["reports/eval/metrics.json"]["data"]["qwk"] == test_metrics["qwk"]
 
-    # an experiment on a training param reuses the prepared splits and the preprocessed cache
-    out = run(["dvc", "exp", "run", "-S", "train.lr=0.001"], dvc_project, env, timeout=900)
+    # the kappa recipe, one command away; it reuses the prepared splits and the cache
+    recipe = ["train.loss=regression", "train.sampler=progressive", "eval.tta=flips",
+              "eval.paired_eyes=true"]  # fmt: skip
+    out = run(["dvc", "exp", "run", *(f"-S{s}" for s in recipe)], dvc_project, env, timeout=900)
     for stage in ("prepare", "preprocess"):
         assert f"Stage '{stage}' didn't change, skipping" in out
     for stage in ("train", "evaluate", "plot"):
         assert f"Running stage '{stage}'" in out
+    train_metrics = json.loads((dvc_project / "reports/train/metrics.json").read_text())
+    test_metrics = json.loads((dvc_project / "reports/eval/metrics.json").read_text())
+    thresholds = [train_metrics[f"threshold_{k}"] for k in range(1, 5)]
+    assert thresholds == sorted(thresholds) and 0 <= train_metrics["eye_weight"] <= 0.5
+    assert "qwk" in test_metrics and "referable_auc" in test_metrics
+    predictions = (dvc_project / "reports/eval/predictions.csv").read_text()
+    assert predictions.startswith("image,label,predicted,score\n")
+    run_id = json.loads((dvc_project / "models/run.json").read_text())["run_id"]
+    logged = mlflow.MlflowClient().get_run(run_id).data
+    assert logged.params["train.loss"] == "regression"
+    assert [logged.metrics[f"best/threshold_{k}"] for k in range(1, 5)] == thresholds
+    assert logged.metrics["best/eye_weight"] == train_metrics["eye_weight"]
+    assert logged.metrics["best/test_qwk"] == test_metrics["qwk"]
+
+    # predict on a folder holding both eyes of each patient: each is blended with its fellow;
+    # the run's logged model grades as best.pt does (its metadata holds the calibration)
+    graded = {}
+    for model in ("models/best.pt", f"runs:/{run_id}/resnet18-scratch"):
+        run(["retino", "predict", "data/images", "--model", model, "--out", "grades.csv"],
+            dvc_project, env)  # fmt: skip
+        graded[model] = (dvc_project / "grades.csv").read_text()
+    assert graded["models/best.pt"] == graded[f"runs:/{run_id}/resnet18-scratch"]
+    rows = [line.split(",") for line in graded["models/best.pt"].splitlines()]
+    assert rows[0] == ["path", "grade", "grade_name", "score", "referable", "fellow"]
+    assert all(row[-1] and row[-1] != row[0] for row in rows[1:])  # every eye has its fellow
+    # the MLflow model itself: the network's one output, the score
+    x = np.zeros((2, 3, 32, 32), dtype=np.float32)
+    assert mlflow.pyfunc.load_model(f"runs:/{run_id}/resnet18-scratch").predict(x).shape == (2, 1)
 
 
 @pytest.mark.parametrize("layout", ["kaggle", "aptos"])

@@ -4,6 +4,8 @@ The lab report compared ResNet18/50 with and without ImageNet weights in a 2x2 t
 accuracy, one train/test accuracy plot per architecture and a confusion matrix per run. Here the
 table holds the selected checkpoint's test accuracy and QWK (chosen on validation) beside the lab
 report's "highest per-epoch test accuracy", which peeks at test and is only for comparison.
+Runs with another recipe (the regression head, balanced sampling, flip TTA, both eyes) get rows
+of their own, named after what they changed (`retino.tracking.names.recipe`).
 """
 
 import json
@@ -16,23 +18,30 @@ import pandas as pd
 
 from retino.errors import RetinoError
 from retino.evaluation.plots import plot_accuracy_comparison, plot_confusion_grid
-from retino.tracking.names import BEST_TEST_ACCURACY, BEST_TEST_MAJORITY, BEST_TEST_QWK
+from retino.tracking.names import BEST_TEST_ACCURACY, BEST_TEST_MAJORITY, BEST_TEST_QWK, recipe
 from retino.tracking.queries import RunRecord, list_runs, metric_history, read_artifact
 from retino.tracking.store import Store, existing_store
 
 
 @dataclass(frozen=True)
 class Cell:
-    """The run shown for one (arch, pretrained) cell of the table."""
+    """The run shown for one (arch, pretrained, recipe) cell of the table."""
 
     run: RunRecord
     arch: str
     kind: str  # "pretrained" or "scratch"
+    recipe: str  # "" for the lab report's, else what the run changed
+
+    @property
+    def label(self) -> str:
+        """pretrained, or scratch, regression, flips TTA: a row's name in figures."""
+        return ", ".join(filter(None, (self.kind, self.recipe)))
 
 
 def pick_runs(runs: list[RunRecord]) -> tuple[list[Cell], list[str]]:
-    """The latest complete run per (arch, pretrained); notes on every run left out and why."""
-    chosen: dict[tuple[str, str], Cell] = {}
+    """The latest complete run per (arch, pretrained, recipe); notes on every run left out and
+    why."""
+    chosen: dict[tuple[str, str, str], Cell] = {}
     notes = []
     for run in runs:  # oldest first: a later run replaces an earlier one in its cell
         if run.status != "FINISHED":
@@ -42,12 +51,14 @@ def pick_runs(runs: list[RunRecord]) -> tuple[list[Cell], list[str]]:
             notes.append(f"skipped {run.name} ({run.run_id[:8]}): no test metrics (run evaluate)")
             continue
         kind = "scratch" if run.params.get("pretrained", "False") == "False" else "pretrained"
-        arch = run.params.get("arch", "?")
-        previous = chosen.get((arch, kind))
+        arch, variant = run.params.get("arch", "?"), recipe(run.params)
+        cell = Cell(run, arch, kind, variant)
+        previous = chosen.get((arch, kind, variant))
         if previous:
-            notes.append(f"{arch} {kind}: showing {run.name}, newer than {previous.run.name}")
-        chosen[arch, kind] = Cell(run, arch, kind)
-    return sorted(chosen.values(), key=lambda c: (c.arch, c.kind != "pretrained")), notes
+            notes.append(f"{arch} {cell.label}: showing {run.name}, newer than {previous.run.name}")
+        chosen[arch, kind, variant] = cell
+    order = lambda c: (c.arch, c.kind != "pretrained", c.recipe)  # noqa: E731
+    return sorted(chosen.values(), key=order), notes
 
 
 def results_table(store: Store, cells: list[Cell]) -> pd.DataFrame:
@@ -58,6 +69,7 @@ def results_table(store: Store, cells: list[Cell]) -> pd.DataFrame:
             {
                 "arch": cell.arch,
                 "weights": cell.kind,
+                "recipe": cell.recipe,
                 "run_name": cell.run.name,
                 "run_id": cell.run.run_id,
                 "test_accuracy": cell.run.metrics[BEST_TEST_ACCURACY],
@@ -70,8 +82,10 @@ def results_table(store: Store, cells: list[Cell]) -> pd.DataFrame:
 
 
 def markdown(table: pd.DataFrame) -> str:
-    """The lab report's layout: rows pretrained / scratch, a column per architecture."""
+    """The lab report's layout: rows pretrained / scratch, a column per architecture; each
+    other recipe a row of its own below its weights' row."""
     archs = sorted(table.arch.unique())
+    recipes = ["", *sorted(set(table.recipe) - {""})]
 
     def grid(title: str, cell) -> list[str]:
         lines = [
@@ -81,12 +95,17 @@ def markdown(table: pd.DataFrame) -> str:
             "|---" * (len(archs) + 1) + "|",
         ]
         for kind in ("pretrained", "scratch"):
-            values = []
-            for arch in archs:
-                row = table[(table.arch == arch) & (table.weights == kind)]
-                values.append(cell(row.iloc[0]) if len(row) else "—")
-            label = "with pretrained" if kind == "pretrained" else "w/o pretrained"
-            lines.append(f"| {label} | " + " | ".join(values) + " |")
+            for variant in recipes:
+                same = (table.weights == kind) & (table.recipe == variant)
+                if variant and not same.any():
+                    continue  # the lab's two rows always show; other recipes where they ran
+                values = []
+                for arch in archs:
+                    row = table[same & (table.arch == arch)]
+                    values.append(cell(row.iloc[0]) if len(row) else "—")
+                label = "with pretrained" if kind == "pretrained" else "w/o pretrained"
+                label += f", {variant}" if variant else ""
+                lines.append(f"| {label} | " + " | ".join(values) + " |")
         return [*lines, ""]
 
     lines = ["# Results", ""]
@@ -131,7 +150,7 @@ def compare(root: Path, out: Path, experiment: str, run_ids: list[str] | None) -
     (out / "results.md").write_text(markdown(table))
 
     for arch in sorted({c.arch for c in cells}):
-        series = {c.kind: accuracy_curves(store, c.run.run_id) for c in cells if c.arch == arch}
+        series = {c.label: accuracy_curves(store, c.run.run_id) for c in cells if c.arch == arch}
         title = f"{arch}: train and test accuracy, with vs without pretraining"
         plot_accuracy_comparison(series, out / f"accuracy_{arch}.png", title)
 
@@ -141,7 +160,7 @@ def compare(root: Path, out: Path, experiment: str, run_ids: list[str] | None) -
         if text is None:
             notes.append(f"{cell.run.name}: no eval/confusion.json artifact; left out of the grid")
         else:
-            matrices[f"{cell.arch} {cell.kind}"] = np.array(json.loads(text)["counts"])
+            matrices[f"{cell.arch} {cell.label}"] = np.array(json.loads(text)["counts"])
     if matrices:
         plot_confusion_grid(matrices, out / "confusion_grid.png", "Test confusion (row-normalised)")
     return notes

@@ -10,20 +10,20 @@ import pandas as pd
 
 from retino.data.cache import open_index
 from retino.data.dataset import CachedSplit, default_workers
-from retino.evaluation.predict import PROBS, Predictor, load_predictor, loader_for, write_gallery
-from retino.metrics import classification_metrics, confusion, normalise_rows
-from retino.training.engine import predict
+from retino.evaluation.predict import Predictor, load_predictor, loader_for, write_gallery
+from retino.metrics import confusion, normalise_rows
 
 
 def predict_split(pred: Predictor, cached: CachedSplit) -> pd.DataFrame:
-    """Predictions for a cached split: image, label, predicted grade, p0..p4."""
+    """Predictions for a cached split: image, label, predicted grade, then p0..p4 or the
+    score (with the model's TTA, blended with the fellow eye's where it was so trained)."""
     workers = default_workers(pred.cfg.data.num_workers, pred.transform.device.type == "cuda")
     loader = loader_for(cached, pred.cfg.eval.batch_size, workers)
-    labels, probs = predict(pred.model, loader, pred.transform, desc=cached.split)
-    predictions = pd.DataFrame(
-        {"image": cached.table["path"], "label": labels, "predicted": probs.argmax(1)}
-    )
-    predictions[PROBS] = probs.round(6)
+    labels, outputs = pred.outputs(loader, desc=cached.split)
+    images = cached.table["path"]
+    outputs, grades, _ = pred.grade(outputs, list(images))
+    predictions = pd.DataFrame({"image": images, "label": labels, "predicted": grades})
+    predictions[pred.head.columns] = outputs.round(6)
     return predictions
 
 
@@ -33,9 +33,9 @@ def evaluate_test(
     """Write metrics.json, predictions.csv and confusion.json to out_dir; return the metrics and
     the predictions."""
     table = predict_split(pred, cached)
-    labels, probs = table["label"].to_numpy(), table[PROBS].to_numpy()
-    metrics = classification_metrics(labels, probs)
-    cm = confusion(labels, table["predicted"].to_numpy())
+    labels, predicted = table["label"].to_numpy(), table["predicted"].to_numpy()
+    metrics = pred.head.report(labels, table[pred.head.columns].to_numpy(), predicted)
+    cm = confusion(labels, predicted)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out_dir / "confusion.json").write_text(

@@ -2,11 +2,13 @@
 
 A model source is a checkpoint file (models/best.pt), an MLflow URI (runs:/<id>/<model>,
 models:/<name>/<version>, models:/<name>@<alias>) or the name of a finished run / DVC experiment
-in the project's store. A checkpoint holds the weights, the config and the training mean/std;
-an MLflow source resolves to the model its run logged: the same weights, with the config and
-mean/std in the model's metadata. Photographs are preprocessed as the cache the model trained on
-was (`retino.data.fundus.preprocess_image`: disc crop, resize, the same normalisation), then
-`BatchTransform` with that mean/std and `engine.predict`.
+in the project's store. A checkpoint holds the weights, the config, the training mean/std and the
+calibration (thresholds, eye blend); an MLflow source resolves to the model its run logged: the
+same weights, with the rest in the model's metadata. Photographs are preprocessed as the cache the
+model trained on was (`retino.data.fundus.preprocess_image`: disc crop, resize, the same
+normalisation), then `BatchTransform` with that mean/std and `engine.predict` with the model's
+flip TTA (`eval.tta`); the calibration turns the outputs into grades, blending each eye with its
+fellow where the model was trained with `eval.paired_eyes` and the fellow is among the images.
 """
 
 from collections.abc import Callable
@@ -30,11 +32,14 @@ from retino.errors import RetinoError
 from retino.evaluation.cam import GradCAM, overlay
 from retino.grades import GRADE_NAMES, REFERABLE_GRADE
 from retino.training import checkpoint
+from retino.training.calibration import Calibration
 from retino.training.engine import predict, resolve_device
+from retino.training.eyes import fellow_index
+from retino.training.heads import CE, Head
 from retino.training.models import build_model
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
-PROBS = [f"p{g}" for g in range(len(GRADE_NAMES))]
+PROBS = CE.columns  # p0..p4
 
 
 class PhotoFiles(Dataset):
@@ -67,33 +72,55 @@ class Predictor:
     cfg: Config
     transform: BatchTransform
     origin: str  # where the weights came from, for the user
+    head: Head
+    calibration: Calibration
 
     def photos(self, paths: list[Path]) -> PhotoFiles:
         """The files, preprocessed exactly as this model's training data was."""
         data = self.cfg.data
         return PhotoFiles(paths, data.image_size, self.cfg.preprocess.normalize, data.max_pixels)
 
+    def outputs(self, loader: DataLoader, desc: str = "predict") -> tuple[np.ndarray, np.ndarray]:
+        """(labels, outputs (N, K)) of a loader's images, with the model's flip TTA."""
+        tta = self.cfg.eval.tta == "flips"
+        return predict(self.model, loader, self.transform, desc, head=self.head, tta=tta)
+
+    def grade(
+        self, outputs: np.ndarray, paths: list[str] | list[Path]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(outputs blended with the fellow eyes', grades, each image's fellow index or -1) of
+        the images at `paths` (their names pair the eyes)."""
+        if self.calibration.eye_weight is None:
+            fellow = np.full(len(paths), -1)
+        else:
+            fellow = fellow_index(paths)
+        outputs, grades = self.calibration.apply(self.head, outputs, fellow)
+        return outputs, grades, fellow
+
 
 def load_predictor(source: str, device: str = "auto") -> Predictor:
     """The model behind `source`, normalising its input as in training."""
     dev = resolve_device(device)
-    weights, config, normalisation, origin = _load(source)
+    weights, config, normalisation, calibration, origin = _load(source)
     try:
         cfg = from_dict(config)
     except RetinoError as err:  # a checkpoint of an older retino, with other keys
         raise RetinoError(f"{origin}: stored config: {err}; train it again") from None
-    model = build_model(cfg.arch)  # the source holds every weight
+    head = Head(cfg.train.loss)
+    model = build_model(cfg.arch, outputs=head.outputs)  # the source holds every weight
     model.load_state_dict(weights)
     mean, std = normalisation["mean"], normalisation["std"]
     transform = BatchTransform(mean, std, dev, None, dev.type == "cuda")
-    return Predictor(model.to(dev).eval(), cfg, transform, origin)
+    return Predictor(model.to(dev).eval(), cfg, transform, origin, head, calibration)
 
 
-def _load(source: str) -> tuple[dict, dict, dict, str]:
-    """(weights, config, normalisation, origin) of a checkpoint file or an MLflow source."""
+def _load(source: str) -> tuple[dict, dict, dict, Calibration, str]:
+    """(weights, config, normalisation, calibration, origin) of a checkpoint file or an MLflow
+    source."""
     if Path(source).is_file():
         state = checkpoint.load(Path(source))
-        return state.model, state.config, state.normalisation, source
+        calibration = Calibration(state.thresholds, state.eye_weight)
+        return state.model, state.config, state.normalisation, calibration, source
     if not source.startswith(("runs:/", "models:/")) and ("/" in source or source.endswith(".pt")):
         raise RetinoError(
             f"{source}: checkpoint file not found; train one (`dvc repro train`) or give "
@@ -106,13 +133,14 @@ def _load(source: str) -> tuple[dict, dict, dict, str]:
     store = existing_store(project_root())
     run_id = resolve_run(store, source)
     weights, metadata = load_logged_model(store, run_id)
-    if not {"config", "normalisation"} <= set(metadata):
+    if not {"config", "normalisation", "thresholds", "eye_weight"} <= set(metadata):
         raise RetinoError(
-            f"{source}: its model has no retino config and mean/std in its metadata "
-            "(logged by an older retino); use its models/best.pt"
+            f"{source}: its model has no retino config, mean/std and calibration in its "
+            "metadata (logged by an older retino); use its models/best.pt"
         )
     origin = f"{source} (MLflow run {run_id})"
-    return weights, metadata["config"], metadata["normalisation"], origin
+    calibration = Calibration(metadata["thresholds"], metadata["eye_weight"])
+    return weights, metadata["config"], metadata["normalisation"], calibration, origin
 
 
 def expand_inputs(items: list[Path]) -> list[Path]:
@@ -135,26 +163,26 @@ def loader_for(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:
 def predict_images(
     pred: Predictor, paths: list[Path], batch_size: int | None = None
 ) -> tuple[pd.DataFrame, list[tuple[Path, str]]]:
-    """One row per readable image (path, grade, grade_name, p0..p4, referable), and
-    (path, error) for each image that could not be read."""
+    """One row per readable image (path, grade, grade_name, p0..p4 or score, referable, and
+    with a paired-eyes model the fellow eye it was blended with), and (path, error) for each
+    image that could not be read."""
     photos = pred.photos(paths)
     batch_size = batch_size or pred.cfg.eval.batch_size
     # photographs are decoded here: workers pay for themselves from the second batch on
     workers = min(cpu_workers(), 8) if len(photos) > batch_size else 0
     loader = loader_for(photos, batch_size, workers)
-    index, probs = predict(pred.model, loader, pred.transform)
+    index, outputs = pred.outputs(loader)
     ok = index >= 0
     failed = [(p, _read_error(photos, i)) for i, p in enumerate(paths) if not ok[i]]
-    grade = probs[ok].argmax(1)
+    read = [str(p) for p, good in zip(paths, ok, strict=True) if good]
+    outputs, grade, fellow = pred.grade(outputs[ok], read)
     table = pd.DataFrame(
-        {
-            "path": [str(p) for p, good in zip(paths, ok, strict=True) if good],
-            "grade": grade,
-            "grade_name": [GRADE_NAMES[g] for g in grade],
-        }
+        {"path": read, "grade": grade, "grade_name": [GRADE_NAMES[g] for g in grade]}
     )
-    table[PROBS] = probs[ok].round(6)
+    table[pred.head.columns] = outputs.round(6)
     table["referable"] = np.where(grade >= REFERABLE_GRADE, "yes", "no")
+    if pred.calibration.eye_weight is not None:
+        table["fellow"] = [read[j] if j >= 0 else "" for j in fellow]
     return table, failed
 
 
@@ -177,13 +205,16 @@ def write_cams(
     batch_size: int | None = None,
 ) -> None:
     """files[i]: the Grad-CAM (layer4) of grades[i] over images(i), a preprocessed (S, S, 3)
-    uint8 square, captioned."""
+    uint8 square, captioned. A regression model's map is that of its score: where the evidence
+    for a higher grade lies. The map explains the network's own output for the image, without
+    flips or the fellow eye."""
     step = batch_size or pred.cfg.eval.batch_size
+    targets = pred.head.cam_targets(grades)
     with GradCAM(pred.model, pred.model.layer4) as cam:
         for start in tqdm(range(0, len(files), step), desc="grad-cam", leave=False, disable=None):
             chunk = [images(i) for i in range(start, min(start + step, len(files)))]
             batch = torch.from_numpy(np.stack(chunk).transpose(0, 3, 1, 2).copy())
-            target = torch.tensor(grades[start : start + len(chunk)])
+            target = torch.tensor(targets[start : start + len(chunk)])
             for k, heat in enumerate(cam(pred.transform(batch), target)):
                 # fast zlib level: 4x quicker than the default, files ~10% larger
                 out = overlay(chunk[k], heat, captions[start + k])
@@ -204,20 +235,31 @@ def write_prediction_cams(
             name = f"{stem}-{k}"
         used.add(name)
         files.append(out_dir / f"{name}.png")
-    prob = table[PROBS].to_numpy().max(1)
-    rows = zip(table.grade, table.grade_name, prob, strict=True)
-    captions = [f"{grade} {name}  {p:.0%}" for grade, name, p in rows]
+    rows = zip(table.grade, table.grade_name, _strength(table), strict=True)
+    captions = [f"{grade} {name}  {strength}" for grade, name, strength in rows]
     photos = pred.photos([Path(p) for p in table.path])
     write_cams(pred, photos.load, table.grade.to_numpy(), captions, files, batch_size)
     return files
 
 
+def _strength(table: pd.DataFrame) -> list[str]:
+    """How each row's grade came out, for a caption: its probability, or the score."""
+    if "score" in table:  # a regression model's table
+        return [f"score {s:.2f}" for s in table.score]
+    return [f"{p:.0%}" for p in table[PROBS].to_numpy().max(1)]
+
+
+def _confidence(table: pd.DataFrame) -> np.ndarray:
+    """How sure each row's predicted grade is: its probability, or how near the score is."""
+    if "score" in table:
+        return -np.abs(table.score.to_numpy() - table.predicted.to_numpy())
+    return table[PROBS].to_numpy().max(1)
+
+
 def gallery_rows(table: pd.DataFrame, per_grade: int = 1) -> pd.DataFrame:
-    """From a predictions table (image, label, predicted, p0..p4): per true grade
+    """From a predictions table (image, label, predicted, p0..p4 or score): per true grade
     the `per_grade` most confident correct and the `per_grade` most confidently wrong rows."""
-    table = table.assign(
-        confidence=table[PROBS].to_numpy().max(1), correct=table.label == table.predicted
-    )
+    table = table.assign(confidence=_confidence(table), correct=table.label == table.predicted)
     ranked = table.sort_values("confidence", ascending=False, kind="stable")
     picked = ranked.groupby(["label", "correct"]).head(per_grade)
     return picked.sort_values(["label", "correct", "confidence"], ascending=[True, False, False])
@@ -232,13 +274,11 @@ def write_gallery(
     rows = gallery_rows(table, per_grade)
     out_dir.mkdir(parents=True, exist_ok=True)
     files, captions = [], []
-    for r in rows.itertuples():
+    for r, strength in zip(rows.itertuples(), _strength(rows), strict=True):
         verdict = "correct" if r.correct else "wrong"
         files.append(out_dir / f"grade{r.label}_{verdict}_{Path(r.image).stem}.png")
         truth = f"true {r.label} {GRADE_NAMES[r.label]}"
-        captions.append(
-            f"{truth}\npredicted {r.predicted} {GRADE_NAMES[r.predicted]}  {r.confidence:.0%}"
-        )
+        captions.append(f"{truth}\npredicted {r.predicted} {GRADE_NAMES[r.predicted]}  {strength}")
     picked = rows.index.to_numpy()  # positions in `table`, hence in `images`
     write_cams(pred, lambda k: images[picked[k]], rows.predicted.to_numpy(), captions, files)
     return files

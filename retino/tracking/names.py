@@ -10,6 +10,8 @@ The UI's chart view makes a section of every metric prefix (the part before the 
                           value is the selection), then best/test_* — best.pt measured once on
                           the test set by the evaluate stage. best/test_qwk is what ranks runs;
                           it is not the highest point of the test/qwk curve.
+                          best/threshold_1..4 (regression head) and best/eye_weight (paired
+                          eyes): the grading rule fitted on validation once training ended.
     per_grade/            best.pt's test precision and recall per grade.
 
 reports/train/history.csv keeps flat column names (train_acc, val_qwk, ...) for `dvc plots`.
@@ -30,6 +32,38 @@ PER_GRADE = ("precision_", "recall_")
 def variant(arch: str, pretrained: Any) -> str:
     """resnet18-scratch, resnet50-pretrained: what ran, as the lab report names it."""
     return f"{arch}-{'scratch' if pretrained is False else 'pretrained'}"
+
+
+# The recipe beyond arch and weights: (param, the lab report's value, how a row names another)
+RECIPE = (
+    ("train.loss", "ce", lambda v: v),
+    ("train.sampler", "shuffle", lambda v: f"{v} sampling"),
+    ("eval.tta", "none", lambda v: f"{v} TTA"),
+    ("eval.paired_eyes", "False", lambda v: "both eyes"),
+)
+
+
+def recipe(params: dict[str, Any]) -> str:
+    """What a run did beyond the lab report's recipe (ce, shuffled, no TTA, each eye alone), e.g.
+    'regression, balanced sampling, flips TTA, both eyes'; '' for the lab's own. `params` are
+    flat config values or MLflow's strings of them; a run logged before a key existed had its
+    lab value."""
+    parts = []
+    for key, lab, name in RECIPE:
+        value = str(params.get(key, lab))
+        if value != lab:
+            parts.append(name(value))
+    return ", ".join(parts)
+
+
+def calibration_metrics(
+    thresholds: list[float] | None, eye_weight: float | None, prefix: str = "best/"
+) -> dict[str, float]:
+    """threshold_1..4 (regression) and eye_weight (paired eyes), where they were fitted."""
+    out = {f"{prefix}threshold_{k}": t for k, t in enumerate(thresholds or [], start=1)}
+    if eye_weight is not None:
+        out[f"{prefix}eye_weight"] = eye_weight
+    return out
 
 
 def headline_placeholders(select_metric: str) -> dict[str, float]:

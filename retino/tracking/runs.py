@@ -18,7 +18,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from retino.errors import RetinoError
-from retino.tracking.names import variant
+from retino.tracking.names import recipe, variant
 from retino.tracking.store import DEFAULT_EXPERIMENT, Store, git, open_store, retry
 from retino.yamlfile import load_yaml
 
@@ -196,7 +196,8 @@ def run_tags(cfg_flat: dict[str, Any]) -> dict[str, str]:
 
 def describe(cfg_flat: dict[str, Any], data_md5: str, exp_name: str) -> str:
     """resnet50 pretrained (IMAGENET1K_V1), 224 px, 20 epochs, sgd lr 0.01 cosine, batch 64;
-    selects on val_qwk; data 3f2a1c0b; DVC experiment bandy-skin"""
+    regression, flips TTA (where not the lab's recipe); selects on val_qwk; data 3f2a1c0b;
+    DVC experiment bandy-skin"""
     c = cfg_flat
     weights = {False: "from scratch", True: f"pretrained ({c['train.weights']})"}.get(
         c["pretrained"], f"pretrained ({c['pretrained']})"
@@ -206,12 +207,13 @@ def describe(cfg_flat: dict[str, Any], data_md5: str, exp_name: str) -> str:
         f"{c['train.optimizer']} lr {c['train.lr']:g} {c['train.schedule']}, "
         f"batch {c['train.batch_size']}"
         + ("" if c["train.nproc"] == 1 else f" x {c['train.nproc']} processes"),
+        recipe(c),
         f"selects on {c['train.select_metric']}",
         f"data {data_md5.removesuffix('.dir')[:8] or 'unversioned'}",
     ]
     if exp_name:
         parts.append(f"DVC experiment {exp_name}")
-    return "; ".join(parts)
+    return "; ".join(p for p in parts if p)
 
 
 def run_name(cfg_flat: dict[str, Any]) -> str:

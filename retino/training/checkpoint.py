@@ -9,6 +9,10 @@
     best_epoch     the epoch whose weights best.pt holds (1-based)
     history        one row of metrics per completed epoch
     tag            `fingerprint` of config and prepared data: resume only what was trained on them
+    thresholds     regression head: the four cut points of the score (fitted on validation once
+                   training ends; rounding until then); None for ce
+    eye_weight     eval.paired_eyes: the fellow eye's weight in the blend, fitted on validation
+                   once training ends; None otherwise (retino.training.calibration)
     optimizer, scheduler, rng
                    training state, in resume.pt; None in best.pt
 
@@ -30,7 +34,7 @@ import torch
 from retino.config import Config
 from retino.errors import RetinoError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: thresholds and eye_weight (the regression head, paired eyes)
 RESUME_FILE = "resume.pt"  # the work in progress, rewritten after every epoch
 BEST_FILE = "best.pt"  # the selected epoch
 
@@ -44,6 +48,8 @@ class Checkpoint:
     best_epoch: int
     history: list[dict[str, float]]
     tag: str
+    thresholds: list[float] | None
+    eye_weight: float | None
     optimizer: dict[str, Any] | None = None
     scheduler: dict[str, Any] | None = None
     rng: dict[str, torch.Tensor] | None = None

@@ -6,7 +6,8 @@ and the train step (retino.training.train) writes checkpoints and logs there.
 Reproducibility: the shuffle order (the train loader's sampler) and every augmentation of epoch
 e are seeded with (seed, e), and the checkpoint holds model, optimizer and scheduler state. A run
 resumed after epoch e therefore continues exactly as the uninterrupted run did (on CPU, bit for
-bit).
+bit). A regression head's thresholds are refitted on every epoch's validation outputs, a
+deterministic function of them, so they need no state.
 """
 
 import contextlib
@@ -17,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -29,8 +29,10 @@ from retino.errors import RetinoError
 from retino.grades import NUM_CLASSES
 from retino.metrics import quick_metrics
 from retino.training.distributed import Dist, all_sum, gather_ordered
+from retino.training.heads import CE, Head
 
 SINGLE = Dist()  # a plain single-process run
+FLIPS = ((), (-1,), (-2,), (-1, -2))  # none, left-right, upside-down, both: flip TTA's views
 
 
 def resolve_device(name: str) -> torch.device:
@@ -91,11 +93,12 @@ def train_one_epoch(
     epoch: int,
     desc: str = "train",
     job: Dist = SINGLE,
+    head: Head = CE,
 ) -> dict[str, float]:
     """One epoch (1-based `epoch`) of optimisation: mean loss, accuracy and QWK of the
-    (augmented) batches as they were trained on, and throughput; a loss that is not finite is a
-    RetinoError. Under DDP the sums and the confusion matrix are reduced across ranks, so QWK is
-    exactly that of all ranks' predictions together."""
+    (augmented) batches as they were trained on (`head.batch_grades`), and throughput; a loss
+    that is not finite is a RetinoError. Under DDP the sums and the confusion matrix are reduced
+    across ranks, so QWK is exactly that of all ranks' predictions together."""
     model.train()
     device = transform.device
     total_loss, correct, seen = 0.0, 0, 0
@@ -115,7 +118,7 @@ def train_one_epoch(
                 f"likely too high (train.lr, {lr:g} at this step), or the input normalisation "
                 "bad (the mean/std of prepared/stats.json); lower train.lr or rerun prepare"
             )
-        predicted = logits.argmax(1)
+        predicted = head.batch_grades(logits)
         total_loss += value * n
         correct += (predicted == y).sum().item()
         counts += torch.bincount(y * NUM_CLASSES + predicted, minlength=NUM_CLASSES**2)
@@ -161,21 +164,27 @@ def predict(
     transform: BatchTransform,
     desc: str = "predict",
     job: Dist = SINGLE,
+    head: Head = CE,
+    tta: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(labels (N,), softmax probabilities (N, 5)) for every sample of `loader`, in order.
+    """(labels (N,), outputs (N, K)) for every sample of `loader`, in order: softmax
+    probabilities or the regression score (`head.activate`). With `tta`, the mean output over
+    the four flips of each image (flipping the normalised batch is flipping the photograph).
 
     Under DDP each rank predicts its shard and every rank gets the whole, reassembled.
     """
     model.eval()
-    labels, probs = [], []
+    labels, outputs = [], []
     for images, y in _progress(loader, desc, job):
+        x = transform(images)
+        views = [x.flip(dims) for dims in FLIPS] if tta else [x]
         with autocast(transform.device):
-            logits = model(transform(images))
-        probs.append(torch.softmax(logits.float(), 1))
+            out = sum(head.activate(model(v)) for v in views) / len(views)
+        outputs.append(out)
         labels.append(y.to(transform.device))
     total = len(loader.dataset)
     labels_all = gather_ordered(job, torch.cat(labels), total).cpu().numpy()
-    return labels_all, gather_ordered(job, torch.cat(probs), total).cpu().numpy()
+    return labels_all, gather_ordered(job, torch.cat(outputs), total).cpu().numpy()
 
 
 def evaluate(
@@ -184,11 +193,12 @@ def evaluate(
     transform: BatchTransform,
     desc: str = "eval",
     job: Dist = SINGLE,
+    head: Head = CE,
+    thresholds: list[float] | None = None,
 ) -> dict[str, float]:
-    """loss, acc, qwk on a held-out loader."""
-    labels, probs = predict(model, loader, transform, desc, job)
-    nll = F.nll_loss(torch.log(torch.as_tensor(probs).clamp_min(1e-12)), torch.as_tensor(labels))
-    return {"loss": nll.item(), **quick_metrics(labels, probs.argmax(1))}
+    """loss, acc, qwk on a held-out loader (a regression score cut at `thresholds`)."""
+    labels, outputs = predict(model, loader, transform, desc, job, head)
+    return head.metrics(labels, outputs, thresholds)
 
 
 def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
@@ -215,6 +225,7 @@ class Trainee:
     criterion: nn.Module
     train_tf: BatchTransform  # augments
     eval_tf: BatchTransform
+    head: Head  # what the outputs mean: ce or regression
 
 
 @dataclass
@@ -260,7 +271,7 @@ def fit(
     result = FitResult([dict(row) for row in done.history], done.best_epoch) if done else None
     history = result.history if result else []
     best_value = result.best[tc.select_metric] if result else None
-    device = trainee.train_tf.device
+    device, head = trainee.train_tf.device, trainee.head
 
     net, net_trains_backbone = trainee.model, None
     for epoch in range(len(history), tc.epochs):
@@ -273,10 +284,16 @@ def fit(
         aug_gen = epoch_generator(cfg.seed, epoch, job.rank)  # each rank its own draws
         tr = train_one_epoch(
             net, loaders.train, trainee.train_tf, trainee.optimizer, trainee.criterion, aug_gen,
-            epoch + 1, desc=f"epoch {epoch + 1}/{tc.epochs} train", job=job,
+            epoch + 1, desc=f"epoch {epoch + 1}/{tc.epochs} train", job=job, head=head,
         )  # fmt: skip
         trainee.scheduler.step()
-        va = evaluate(net, loaders.val, trainee.eval_tf, f"epoch {epoch + 1} val", job)
+        labels, outputs = predict(
+            net, loaders.val, trainee.eval_tf, f"epoch {epoch + 1} val", job, head
+        )
+        # selection sees QWK with the thresholds fitted on this epoch's validation outputs,
+        # and the test curve uses them too: test never fits anything
+        thresholds = head.fit(outputs, labels)
+        va = head.metrics(labels, outputs, thresholds)
         if not math.isfinite(va["loss"]):  # the last step of the epoch broke the weights
             raise RetinoError(
                 f"epoch {epoch + 1}: validation loss is {va['loss']}; lower train.lr, or rerun "
@@ -286,7 +303,8 @@ def fit(
         row |= {f"train_{k}": v for k, v in tr.items() if k != "images_per_s"}
         row |= {f"val_{k}": v for k, v in va.items()}
         if loaders.test is not None:
-            te = evaluate(net, loaders.test, trainee.eval_tf, f"epoch {epoch + 1} test", job)
+            desc = f"epoch {epoch + 1} test"
+            te = evaluate(net, loaders.test, trainee.eval_tf, desc, job, head, thresholds)
             row |= {f"test_{k}": v for k, v in te.items()}
         row["images_per_s"] = tr["images_per_s"]
         history.append(row)

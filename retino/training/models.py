@@ -1,4 +1,4 @@
-"""torchvision ResNets with a 5-grade head, optionally starting from ImageNet weights."""
+"""torchvision ResNets with a grading head (5 logits or 1 score), optionally ImageNet-pretrained."""
 
 import os
 from pathlib import Path
@@ -25,9 +25,9 @@ def build_model(
     arch: str,
     pretrained: bool | str = False,
     weights: str = "IMAGENET1K_V1",
-    num_classes: int = NUM_CLASSES,
+    outputs: int = NUM_CLASSES,
 ) -> nn.Module:
-    """A ResNet whose `fc` predicts `num_classes` grades.
+    """A ResNet whose `fc` has `outputs` units: the 5 grade logits, or 1 (regression head).
 
     pretrained: False (random init), True (torchvision ImageNet `weights`, from the local cache
     only), or a path to a state dict (.pth) of the same architecture with its 1000-way head.
@@ -56,7 +56,7 @@ def build_model(
             first = str(err).strip().splitlines()[0]
             raise RetinoError(f"{path}: weights do not fit {arch} ({first})") from None
     # Replace the head after loading: the checkpoints carry ImageNet's 1000-way fc.
-    model.fc = nn.Linear(model.fc.in_features, num_classes)
+    model.fc = nn.Linear(model.fc.in_features, outputs)
     return model
 
 

@@ -11,9 +11,29 @@ from retino.grades import NUM_CLASSES
 
 
 def make_criterion(cfg: TrainConfig, train_labels: np.ndarray, device: torch.device) -> nn.Module:
-    """Cross-entropy, optionally weighted by inverse grade frequency and label-smoothed."""
+    """Cross-entropy (label-smoothed as configured) or the regression head's squared error,
+    either optionally weighted by inverse grade frequency."""
     weight = class_weights(train_labels).to(device) if cfg.class_weights else None
+    if cfg.loss == "regression":
+        return GradeMSE(weight)
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+
+
+class GradeMSE(nn.Module):
+    """Squared error of a (B, 1) score against the integer grade. MSE rather than smooth-L1:
+    it punishes a far miss quadratically, as QWK does (Huang et al.'s choice too). With
+    `weight`, the weighted mean sum(w[y] * err^2) / sum(w[y]), as CrossEntropyLoss weighs."""
+
+    def __init__(self, weight: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        error = (logits[:, 0] - target.float()) ** 2
+        if self.weight is None:
+            return error.mean()
+        w = self.weight[target]
+        return (w * error).sum() / w.sum()
 
 
 def class_weights(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> torch.Tensor:

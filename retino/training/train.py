@@ -10,6 +10,7 @@ same run; a different config or data starts over. A finished training publishes 
 empties the folder, so `dvc repro --force` trains from scratch.
 """
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -24,15 +25,33 @@ from retino.atomic import write_atomic
 from retino.config import Config
 from retino.data.cache import INDEX_FILE, open_index
 from retino.data.dataset import CachedSplit, default_workers, make_loader
+from retino.data.samplers import GradeSampler
 from retino.data.splits import read_split
 from retino.data.transforms import BatchTransform
-from retino.tracking.names import best_metrics, epoch_metrics, headline_placeholders, variant
+from retino.tracking.names import (
+    best_metrics,
+    calibration_metrics,
+    epoch_metrics,
+    headline_placeholders,
+    variant,
+)
 from retino.tracking.runs import open_run, run_name, run_params, run_tags, write_run_file
 from retino.tracking.store import project_root
 from retino.training import checkpoint
+from retino.training.calibration import Calibration, calibrate
 from retino.training.checkpoint import BEST_FILE, RESUME_FILE, Checkpoint
 from retino.training.distributed import Dist, barrier, setup, teardown
-from retino.training.engine import FitResult, Loaders, Trainee, better, fit, resolve_device
+from retino.training.engine import (
+    FitResult,
+    Loaders,
+    Trainee,
+    better,
+    fit,
+    predict,
+    resolve_device,
+)
+from retino.training.eyes import fellow_index
+from retino.training.heads import Head
 from retino.training.models import build_model
 from retino.training.optim import make_criterion, make_optimizer, make_scheduler
 
@@ -95,7 +114,7 @@ def _train(
         state = Checkpoint(
             model=trainee.model.state_dict(), config=cfg.to_dict(), normalisation=normalisation,
             epoch=len(result.history), best_epoch=result.best_epoch, history=result.history,
-            tag=tag,
+            tag=tag, thresholds=None, eye_weight=None,  # calibrated once training ends
             optimizer=trainee.optimizer.state_dict() if resumable else None,
             scheduler=trainee.scheduler.state_dict() if resumable else None,
             rng={"torch": torch.get_rng_state()} if resumable else None,
@@ -123,17 +142,29 @@ def _train(
             run.log_epochs(_logged_epochs(result.history, select))
 
         result = fit(trainee, loaders, cfg, done, on_epoch, job)
+        best = checkpoint.load(ckpt_dir / BEST_FILE)
+        model = trainee.model
+        model.load_state_dict(best.model)
+        calibration = _calibrate(cfg, trainee, loaders.val.dataset, device.type == "cuda")
+        checkpoint.save(
+            dataclasses.replace(
+                best, thresholds=calibration.thresholds, eye_weight=calibration.eye_weight
+            ),
+            ckpt_dir / BEST_FILE,
+        )
         _publish_models(ckpt_dir, models_dir, run.run_id)
-        reports = _reports(result, loaders.val.dataset.labels.numpy())
+        fitted = calibration_metrics(calibration.thresholds, calibration.eye_weight)
+        if fitted:
+            run.log_metrics(fitted)
+        reports = _reports(result, loaders.val.dataset.labels.numpy(), calibration)
         (ckpt_dir / "history.csv").write_text(reports["history.csv"])  # logged under this name
         run.log_artifact(ckpt_dir / "history.csv")
-        model = trainee.model
-        model.load_state_dict(checkpoint.load(models_dir / BEST_FILE).model)
         size = cfg.data.image_size
-        # best.pt once, as the model: its config and mean/std in the metadata are what
-        # `retino predict` needs besides the weights
+        # best.pt once, as the model: its config, mean/std and calibration in the metadata are
+        # what `retino predict` needs besides the weights
         metadata = {"config": cfg.to_dict(), "normalisation": normalisation,
-                    "best_epoch": result.best_epoch}  # fmt: skip
+                    "best_epoch": result.best_epoch, "thresholds": calibration.thresholds,
+                    "eye_weight": calibration.eye_weight}  # fmt: skip
         # batch of 2: an example batch of 1 would freeze the exported graph to batch size 1
         example = np.zeros((2, 3, size, size), dtype=np.float32)
         run.log_model(model.cpu().float(), example, variant(cfg.arch, cfg.pretrained), metadata)
@@ -164,11 +195,27 @@ def _device_name(device: torch.device) -> str:
     return str(device)
 
 
+def _calibrate(cfg: Config, trainee: Trainee, val: CachedSplit, pin: bool) -> Calibration:
+    """The grading rule fitted on the selected model's validation outputs, with the evaluation's
+    TTA (retino.training.calibration). This process reads the whole split: under DDP the other
+    ranks are done, and the training's val loader holds this rank's shard only."""
+    head = trainee.head
+    if not (head.regression or cfg.eval.paired_eyes):
+        return Calibration(None, None)  # argmax of the own eye: nothing to fit
+    workers = default_workers(cfg.data.num_workers, pin)
+    loader = make_loader(val, cfg.eval.batch_size, False, workers, pin)
+    tta = cfg.eval.tta == "flips"
+    labels, outputs = predict(trainee.model, loader, trainee.eval_tf, "calibrate", head=head,
+                              tta=tta)  # fmt: skip
+    return calibrate(head, outputs, labels, fellow_index(val.table["path"]), cfg.eval.paired_eyes)
+
+
 def _trainee(
     cfg: Config, loaders: Loaders, normalisation: dict, device: torch.device, job: Dist
 ) -> Trainee:
     cuda = device.type == "cuda"
-    model: nn.Module = build_model(cfg.arch, cfg.pretrained, cfg.train.weights)
+    head = Head(cfg.train.loss)
+    model: nn.Module = build_model(cfg.arch, cfg.pretrained, cfg.train.weights, head.outputs)
     if cfg.train.sync_bn and job.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     mean, std = normalisation["mean"], normalisation["std"]
@@ -182,6 +229,7 @@ def _trainee(
         criterion=make_criterion(cfg.train, loaders.train.dataset.labels.numpy(), device),
         train_tf=train_tf,
         eval_tf=BatchTransform(mean, std, device, None, channels_last=cuda),
+        head=head,
     )
 
 
@@ -194,10 +242,16 @@ def _loaders(cfg: Config, prepared: Path, cache: Path, pin: bool, job: Dist) -> 
         # whatever the loader did before: a resumed run gets the same batches as an
         # uninterrupted one. A DataLoader's own generator would not do: with persistent workers
         # it is drawn from once per iterator, so epoch 2 shuffles differently after a restart.
-        # Under DDP each rank reads its own shard.
-        sampler = DistributedSampler(
-            dataset, num_replicas=job.world_size, rank=job.rank, shuffle=shuffle, seed=cfg.seed
-        )
+        # Under DDP each rank reads its own shard. The balancing samplers do the same.
+        if shuffle and cfg.train.sampler != "shuffle":
+            labels = dataset.labels.numpy()
+            sampler = GradeSampler(labels, cfg.train.sampler, cfg.train.epochs, cfg.seed,
+                                   job.world_size, job.rank)  # fmt: skip
+        else:
+            sampler = DistributedSampler(
+                dataset, num_replicas=job.world_size, rank=job.rank, shuffle=shuffle,
+                seed=cfg.seed,
+            )  # fmt: skip
         return make_loader(dataset, batch_size, shuffle, workers, pin, sampler)
 
     test = loader("test", cfg.eval.batch_size, False) if cfg.train.track_test else None
@@ -237,11 +291,12 @@ def _publish_models(ckpt_dir: Path, models_dir: Path, run_id: str) -> None:
     write_run_file(models_dir / RUN_FILE, run_id)
 
 
-def _reports(result: FitResult, val_labels: np.ndarray) -> dict[str, str]:
+def _reports(result: FitResult, val_labels: np.ndarray, calibration: Calibration) -> dict[str, str]:
     """history.csv and metrics.json, as text."""
     metrics = {"best_epoch": result.best_epoch, **{k: result.best[k] for k in SELECTED}}
     # "always grade 0" scores this: the bar a useful model must clear
     metrics["val_majority_acc"] = float(np.bincount(val_labels).max() / len(val_labels))
+    metrics |= calibration_metrics(calibration.thresholds, calibration.eye_weight, prefix="")
     return {
         "history.csv": pd.DataFrame(result.history).to_csv(index=False),
         "metrics.json": json.dumps(metrics, indent=2) + "\n",

@@ -95,26 +95,38 @@ def test_gallery_picks_the_most_confident_right_and_wrong_per_grade():
     assert list(gallery_rows(table, per_grade=2).image) == ["a", "b", "c", "d", "e"]
 
 
+def test_a_regression_gallery_ranks_by_how_near_the_score_is():
+    table = pd.DataFrame(
+        {"image": list("abcd"), "label": [2, 2, 2, 2], "predicted": [2, 2, 3, 3],
+         "score": [2.4, 1.9, 3.1, 3.4]}
+    )  # fmt: skip
+    rows = gallery_rows(table)
+    assert list(rows.image) == ["b", "c"] and list(rows.correct) == [True, False]
+
+
 @pytest.fixture(scope="module")
 def workspace(tiny_source, tmp_path_factory):
     root = tmp_path_factory.mktemp("cam")
     shutil.copytree(tiny_source, root / "data")
     prepare_and_cache(root / "data", root, tiny_config())
     save_checkpoint(root / "best.pt", root / "preprocessed")
+    save_checkpoint(root / "regression.pt", root / "preprocessed", thresholds=[0, 0.1, 0.2, 0.3],
+                    train__loss="regression", eval__tta="flips")  # fmt: skip
     return root
 
 
-def test_predict_writes_a_cam_per_image(workspace, tmp_path):
+@pytest.mark.parametrize("model", ["best.pt", "regression.pt"])
+def test_predict_writes_a_cam_per_image(workspace, tmp_path, model):
     images = sorted((workspace / "data" / "images").iterdir())[:5]
     twin = tmp_path / "other" / images[0].name  # same file name in another folder
     twin.parent.mkdir()
     shutil.copy(images[0], twin)
-    code = cli(["predict", *map(str, images), str(twin), "--model", str(workspace / "best.pt"),
+    code = cli(["predict", *map(str, images), str(twin), "--model", str(workspace / model),
                 "--cam", str(tmp_path / "cam"), "--out", str(tmp_path / "p.csv")])  # fmt: skip
     assert code == 0
     table = pd.read_csv(tmp_path / "p.csv")
     assert len(set(table.cam)) == 6 and table.cam.iloc[-1].endswith(f"{images[0].stem}-2.png")
-    photos = load_predictor(str(workspace / "best.pt"), "cpu").photos(list(table.path))
+    photos = load_predictor(str(workspace / model), "cpu").photos(list(table.path))
     for i, cam in enumerate(table.cam):
         # what the model saw, enlarged as the overlay enlarges it
         seen = Image.fromarray(photos.load(i)).resize((DISPLAY_SIDE, DISPLAY_SIDE),
@@ -127,9 +139,10 @@ def test_predict_writes_a_cam_per_image(workspace, tmp_path):
         assert below_caption.mean() > 2  # heat painted over the image
 
 
-def test_explain_writes_a_small_gallery(workspace, tmp_path, capsys):
+@pytest.mark.parametrize("model", ["best.pt", "regression.pt"])
+def test_explain_writes_a_small_gallery(workspace, tmp_path, capsys, model):
     out = tmp_path / "gallery"
-    code = cli(["explain", "--model", str(workspace / "best.pt"), "--prepared",
+    code = cli(["explain", "--model", str(workspace / model), "--prepared",
                 str(workspace / "prepared"), "--preprocessed", str(workspace / "preprocessed"),
                 "--out", str(out)])  # fmt: skip
     assert code == 0

@@ -22,8 +22,8 @@ def store(tmp_path, monkeypatch):
     return tmp_path
 
 
-def log_run(root, arch, pretrained, acc, qwk, status_error=None, evaluated=True):
-    params = {"arch": arch, "pretrained": pretrained}
+def log_run(root, arch, pretrained, acc, qwk, status_error=None, evaluated=True, **recipe):
+    params = {"arch": arch, "pretrained": pretrained, **recipe}
     tags = {"dvc_exp_name": f"exp-{arch}-{pretrained}"}
     try:
         with open_run(root, name=f"{arch}-{pretrained}", tags=tags) as run:
@@ -68,6 +68,30 @@ def test_seed_table_and_figures(store, capsys):
     for name in ("accuracy_resnet18.png", "accuracy_resnet50.png", "confusion_grid.png"):
         with Image.open(store / "cmp" / name) as img:
             assert img.format == "PNG" and img.width > 400
+
+
+def test_other_recipes_get_rows_of_their_own(store, capsys):
+    log_run(store, "resnet18", False, 0.74, 0.40)  # logged before the recipe keys existed
+    lab = {"train.loss": "ce", "train.sampler": "shuffle", "eval.tta": "none",
+           "eval.paired_eyes": False}  # fmt: skip
+    log_run(store, "resnet50", False, 0.75, 0.45, **lab)
+    kappa = {"train.loss": "regression", "train.sampler": "balanced", "eval.tta": "flips",
+             "eval.paired_eyes": True}  # fmt: skip
+    log_run(store, "resnet18", False, 0.70, 0.62, **kappa)
+    log_run(store, "resnet18", False, 0.72, 0.55, **{**lab, "eval.tta": "flips"})
+    assert main(["compare", "--out", str(store / "cmp")]) == 0
+    assert "newer than" not in capsys.readouterr().out  # four variants, none hides another
+    md = (store / "cmp" / "results.md").read_text()
+    assert "| w/o pretrained | 74.00% / 0.400 | 75.00% / 0.450 |" in md
+    assert "| w/o pretrained, flips TTA | 72.00% / 0.550 | — |" in md
+    assert "| w/o pretrained, regression, balanced sampling, flips TTA, both eyes | " in md
+    table = pd.read_csv(store / "cmp" / "results.csv", keep_default_na=False)
+    assert sorted(table.recipe) == [
+        "",
+        "",
+        "flips TTA",
+        "regression, balanced sampling, flips TTA, both eyes",
+    ]
 
 
 def test_selected_runs_only(store):

@@ -16,21 +16,29 @@ from retino.evaluation.evaluate import cached_test, evaluate_test
 from retino.evaluation.predict import PROBS, load_predictor
 from retino.synth import synthesize
 from retino.training import checkpoint
+from retino.training.engine import FLIPS, predict
+from retino.training.heads import Head
 from retino.training.models import build_model
+from retino.training.thresholds import cut
 from retino.training.train import train
 from tests.conftest import prepare_and_cache, tiny_config
 
 
-def save_checkpoint(path: Path, cache: Path, seed: int = 0) -> Path:
+def save_checkpoint(
+    path: Path, cache: Path, seed: int = 0, thresholds=None, eye_weight=None, **overrides
+) -> Path:
     """A checkpoint shaped like train's best.pt: untrained weights (predictions need no skill),
-    the tiny config and the mean/std of the preprocessed images in `cache`."""
+    the tiny config (with `overrides`, e.g. train__loss="regression"), the mean/std of the
+    preprocessed images in `cache` and the given calibration."""
     torch.manual_seed(seed)
-    cfg = tiny_config()
+    cfg = tiny_config(**overrides)
     stats = read_index(cache)
+    outputs = Head(cfg.train.loss).outputs
     state = checkpoint.Checkpoint(
-        model=build_model(cfg.arch).state_dict(), config=cfg.to_dict(),
+        model=build_model(cfg.arch, outputs=outputs).state_dict(), config=cfg.to_dict(),
         normalisation={"mean": stats["mean"], "std": stats["std"]},
-        epoch=1, best_epoch=1, history=[], tag="test",
+        epoch=1, best_epoch=1, history=[], tag="test", thresholds=thresholds,
+        eye_weight=eye_weight,
     )  # fmt: skip
     checkpoint.save(state, path)
     return path
@@ -79,6 +87,73 @@ def test_predictions_match_the_evaluate_stage(workspace, tmp_path, capfd):
     assert (got.grade_name == got.grade.map(names)).all()
 
 
+THRESHOLDS = [0.1, 0.2, 0.3, 0.4]  # some cut points, as the train step fits them
+
+
+def test_a_paired_eyes_regression_model_blends_each_eye_with_its_fellow(workspace, tmp_path,
+                                                                        capfd):  # fmt: skip
+    model = save_checkpoint(tmp_path / "best.pt", workspace / "preprocessed", eye_weight=0.25,
+                            thresholds=THRESHOLDS, train__loss="regression",
+                            eval__tta="flips", eval__paired_eyes=True)  # fmt: skip
+    # a folder with both eyes of three patients, and the left eye of a fourth
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path in sorted((workspace / "data" / "images").iterdir())[:7]:  # sorted: eyes adjacent
+        shutil.copy(path, folder)
+    code, err = run_cli(["predict", folder, "--model", model, "--out", tmp_path / "p.csv"], capfd)
+    assert code == 0, err
+    got = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
+    assert list(got.columns) == ["path", "grade", "grade_name", "score", "referable", "fellow"]
+    paired, lone = got.iloc[:6], got.iloc[6]
+    assert all(
+        f != p and Path(f).stem.split("_")[0] == Path(p).stem.split("_")[0]
+        for p, f in zip(paired.path, paired.fellow, strict=True)
+    )
+    assert lone.fellow == "" and Path(lone.path).stem.endswith("_left")
+    # the same weights without the blend: each image's own (flip-averaged) score
+    own_model = save_checkpoint(tmp_path / "own.pt", workspace / "preprocessed",
+                                thresholds=THRESHOLDS, train__loss="regression",
+                                eval__tta="flips")  # fmt: skip
+    code, err = run_cli(["predict", folder, "--model", own_model, "--out", tmp_path / "own.csv"],
+                        capfd)  # fmt: skip
+    assert code == 0, err
+    own = pd.read_csv(tmp_path / "own.csv").set_index("path").score
+    assert "fellow" not in pd.read_csv(tmp_path / "own.csv")
+    expected = 0.75 * own[paired.path].to_numpy() + 0.25 * own[paired.fellow].to_numpy()
+    np.testing.assert_allclose(paired.score, expected, atol=2e-6)
+    assert lone.score == own[lone.path]  # an eye without its fellow keeps its own score
+    assert (got.grade == cut(got.score.to_numpy(), THRESHOLDS)).all()
+
+
+def test_flip_tta_is_the_mean_over_the_four_flips(workspace):
+    pred = load_predictor(str(workspace / "models" / "best.pt"), "cpu")
+    cached = np.load(workspace / "preprocessed" / "test.npy")[:6]
+    images = torch.as_tensor(cached).permute(0, 3, 1, 2)
+    labels = torch.zeros(len(images), dtype=torch.int64)
+
+    def probs(batch: torch.Tensor, tta: bool) -> np.ndarray:
+        loader = torch.utils.data.DataLoader(list(zip(batch, labels, strict=True)), batch_size=4)
+        return predict(pred.model, loader, pred.transform, tta=tta)[1]
+
+    flipped = [probs(images.flip(dims), tta=False) for dims in FLIPS]
+    np.testing.assert_allclose(probs(images, tta=True), np.mean(flipped, 0), atol=1e-6)
+    assert not np.allclose(flipped[0], flipped[3], atol=1e-3)  # the flips do differ
+
+
+def test_a_regression_model_is_evaluated_on_its_score(workspace, tmp_path):
+    model = save_checkpoint(tmp_path / "best.pt", workspace / "preprocessed",
+                            thresholds=THRESHOLDS, train__loss="regression")  # fmt: skip
+    pred = load_predictor(str(model), "cpu")
+    cached = cached_test(pred, workspace / "prepared", workspace / "preprocessed")
+    metrics, table = evaluate_test(pred, cached, tmp_path / "eval")
+    assert list(table.columns) == ["image", "label", "predicted", "score"]
+    assert (table.predicted == cut(table.score.to_numpy(), THRESHOLDS)).all()
+    ce_pred = load_predictor(str(workspace / "models" / "best.pt"), "cpu")
+    ce_metrics, _ = evaluate_test(ce_pred, cached, tmp_path / "ce")
+    assert metrics.keys() == ce_metrics.keys()  # the same report for both heads
+    assert pd.read_csv(tmp_path / "eval" / "predictions.csv").columns[-1] == "score"
+
+
 def test_unreadable_files_are_listed_and_skipped(workspace, tmp_path, capfd):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -120,6 +195,19 @@ def test_checkpoint_of_an_older_format_is_rejected(workspace, tmp_path, capfd):
     code, err = run_cli(["predict", image, "--model", foreign], capfd)
     assert code == 2 and err.count("\n") == 1
     assert err.startswith(f"error: {foreign}: a checkpoint without a format version")
+
+
+def test_checkpoint_of_format_1_is_rejected(workspace, tmp_path, capfd):
+    # format 1 had no thresholds and no eye weight
+    state = torch.load(workspace / "models" / "best.pt", weights_only=True)
+    del state["thresholds"], state["eye_weight"]
+    torch.save({**state, "version": 1}, tmp_path / "v1.pt")
+    image = sorted((workspace / "data" / "images").iterdir())[0]
+    code, err = run_cli(["predict", image, "--model", tmp_path / "v1.pt"], capfd)
+    assert code == 2 and err == (
+        f"error: {tmp_path / 'v1.pt'}: checkpoint format 1, this retino reads format 2; use the "
+        "retino version that wrote it, or train again\n"
+    )
 
 
 def test_damaged_checkpoint_is_rejected(workspace, tmp_path, capfd):

@@ -70,3 +70,25 @@ def test_training_and_grading_on_the_gpu(project, compile):
     probs = [f"p{g}" for g in range(5)]
     # bf16 autocast on the GPU, fp32 on the CPU: probabilities agree to bf16 precision
     assert np.abs(on_gpu[probs].to_numpy() - on_cpu[probs].to_numpy()).max() < 0.05
+
+
+def test_the_kappa_recipe_on_the_gpu(project):
+    from retino.evaluation.evaluate import predict_split
+    from retino.evaluation.predict import load_predictor
+    from tests.training.test_train import run_train
+
+    # the regression head under bf16 autocast, a balancing sampler through pinned loader workers,
+    # flip TTA on channels_last batches, the eye blend
+    recipe = {"train__loss": "regression", "train__sampler": "progressive",
+              "eval__tta": "flips", "eval__paired_eyes": True}  # fmt: skip
+    cfg = tiny_config(train__device="cuda", data__num_workers=-1, **recipe)
+    metrics = run_train(project, cfg)
+    assert all(math.isfinite(v) for v in metrics.values())
+    thresholds = [metrics[f"threshold_{k}"] for k in range(1, 5)]
+    assert thresholds == sorted(thresholds) and 0 <= metrics["eye_weight"] <= 0.5
+    best = project / "models" / "best.pt"
+    cached = CachedSplit(project / "preprocessed", project / "prepared", "test")
+    on_gpu = predict_split(load_predictor(str(best), "cuda"), cached)
+    on_cpu = predict_split(load_predictor(str(best), "cpu"), cached)
+    # the flip-averaged, blended scores agree to bf16 precision
+    np.testing.assert_allclose(on_gpu.score, on_cpu.score, rtol=0.02, atol=0.05)

@@ -1,7 +1,9 @@
 """The training recipe's options do what params.yaml says: schedules, class weights, label
-smoothing, lr scaling, which epoch is selected, the frozen first phase, and resume only of the
-very same training."""
+smoothing, lr scaling, which epoch is selected, the frozen first phase, resume only of the very
+same training, and the kappa recipe (regression head, balanced sampling, flip TTA, both eyes),
+resumed bit for bit."""
 
+import json
 import math
 
 import numpy as np
@@ -11,12 +13,15 @@ import torch
 import torch.nn.functional as F
 from torchvision.models import resnet18
 
+from retino.data.samplers import GradeSampler
 from retino.training import checkpoint
+from retino.training.distributed import Dist
 from retino.training.engine import better
 from retino.training.optim import class_weights, lr_factor, make_criterion, make_optimizer
+from retino.training.train import _loaders
 from tests.conftest import tiny_config
 from tests.training.test_models import random_imagenet_weights
-from tests.training.test_train import run_train
+from tests.training.test_train import run_train, runs
 
 
 def factors(**overrides) -> list[float]:
@@ -74,6 +79,71 @@ def test_weighted_and_smoothed_criterion_is_the_textbook_loss():
     )
 
 
+def test_regression_criterion_is_the_weighted_squared_error():
+    labels = np.array([0] * 6 + [1] * 2 + [2, 3, 4, 4])
+    scores = torch.randn(12, 1, generator=torch.Generator().manual_seed(0))
+    y = torch.as_tensor(labels)
+    plain = tiny_config(train__loss="regression", train__class_weights=False).train
+    got = make_criterion(plain, labels, torch.device("cpu"))(scores, y)
+    assert got.item() == pytest.approx(F.mse_loss(scores[:, 0], y.float()).item(), rel=1e-6)
+    weighted = tiny_config(train__loss="regression", train__class_weights=True).train
+    w = class_weights(labels)[y]
+    expected = (w * (scores[:, 0] - y) ** 2).sum() / w.sum()
+    got = make_criterion(weighted, labels, torch.device("cpu"))(scores, y)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_the_train_split_is_drawn_by_the_configured_sampler(project):
+    data = (project / "prepared", project / "preprocessed")
+    for name in ("balanced", "progressive"):
+        loaders = _loaders(tiny_config(train__sampler=name), *data, False, Dist())
+        assert isinstance(loaders.train.sampler, GradeSampler)
+        assert loaders.train.sampler.mode == name
+    shuffled = _loaders(tiny_config(train__sampler="shuffle"), *data, False, Dist())
+    assert not isinstance(shuffled.train.sampler, GradeSampler)
+    assert not isinstance(shuffled.val.sampler, GradeSampler)
+
+
+KAPPA_RECIPE = {"train__loss": "regression", "train__sampler": "progressive",
+                "eval__tta": "flips", "eval__paired_eyes": True}  # fmt: skip
+
+
+def test_the_kappa_recipe_resumes_bit_for_bit(project):
+    cfg = tiny_config(train__epochs=2, **KAPPA_RECIPE)
+    full = run_train(project, cfg, "full")
+
+    # the power goes after epoch 1 is on disk (resume.pt written, the epoch's line not printed)
+    def power_cut(row, epochs):
+        raise RuntimeError("power cut")
+
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(RuntimeError, match="power cut"):
+        mp.setattr("retino.training.engine._epoch_line", power_cut)
+        run_train(project, cfg, "crash")
+    assert checkpoint.load(project / "crash" / "ckpt" / "resume.pt").epoch == 1
+    resumed = run_train(project, cfg, "crash")
+    assert (project / "crash/reports/metrics.json").read_bytes() == (
+        project / "full/reports/metrics.json"
+    ).read_bytes()
+    a, b = (checkpoint.load(project / name / "models" / "best.pt") for name in ("full", "crash"))
+    assert all(torch.equal(a.model[k], b.model[k]) for k in a.model)
+    assert (a.thresholds, a.eye_weight) == (b.thresholds, b.eye_weight)
+
+    # the fitted rule: in metrics.json, best.pt, the run and the logged model's metadata
+    assert resumed == full
+    assert a.thresholds == [full[f"threshold_{k}"] for k in range(1, 5)]
+    assert a.eye_weight == full["eye_weight"] and 0 <= a.eye_weight <= 0.5
+    assert a.model["fc.weight"].shape == (1, 512)  # one output: the grade
+    run_id = json.loads((project / "full" / "models" / "run.json").read_text())["run_id"]
+    run = runs(project).set_index("run_id").loc[run_id]
+    for k in range(1, 5):
+        assert run[f"metrics.best/threshold_{k}"] == full[f"threshold_{k}"]
+    assert run["metrics.best/eye_weight"] == full["eye_weight"]
+    assert (
+        "; regression, progressive sampling, flips TTA, both eyes; "
+        in run["tags.mlflow.note.content"]
+    )
+
+
 def test_losses_select_the_lowest_and_scores_the_highest():
     assert better("val_loss", 0.4, 0.5) and not better("val_loss", 0.6, 0.5)
     assert better("val_qwk", 0.6, 0.5) and not better("val_qwk", 0.4, 0.5)
@@ -109,16 +179,17 @@ def test_freeze_epochs_train_the_head_only(project, freeze_epochs, frozen):
     assert all(unchanged) if frozen else not any(unchanged)
 
 
-def test_a_changed_config_retrains_from_scratch(project, capsys, monkeypatch):
+def test_a_changed_config_retrains_from_scratch(project, capsys):
     # a training that finished its epochs but died before publishing leaves resume.pt behind
     def crash(*args):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("retino.training.train._publish_models", crash)
-    with pytest.raises(RuntimeError, match="disk full"):
+    # a context of its own: undoing the fixture's monkeypatch would also undo the project's
+    # chdir and DVC_ROOT, and the next run would log to a store in the checkout
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(RuntimeError, match="disk full"):
+        mp.setattr("retino.training.train._publish_models", crash)
         run_train(project, tiny_config(train__epochs=1, train__lr=0.003), "a")
     assert checkpoint.load(project / "a" / "ckpt" / "resume.pt").epoch == 1
-    monkeypatch.undo()
 
     changed = tiny_config(train__epochs=1, train__lr=0.001)
     resumed = run_train(project, changed, "a")  # same checkpoint folder, other lr
