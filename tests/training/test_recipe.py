@@ -108,6 +108,7 @@ KAPPA_RECIPE = {"train__loss": "regression", "train__sampler": "progressive",
                 "eval__tta": "flips", "eval__paired_eyes": True}  # fmt: skip
 
 
+@pytest.mark.slow  # two trainings
 def test_the_kappa_recipe_resumes_bit_for_bit(project):
     cfg = tiny_config(train__epochs=2, **KAPPA_RECIPE)
     full = run_train(project, cfg, "full")
@@ -179,6 +180,7 @@ def test_freeze_epochs_train_the_head_only(project, freeze_epochs, frozen):
     assert all(unchanged) if frozen else not any(unchanged)
 
 
+@pytest.mark.slow  # two trainings
 def test_a_changed_config_retrains_from_scratch(project, capsys):
     # a training that finished its epochs but died before publishing leaves resume.pt behind
     def crash(*args):

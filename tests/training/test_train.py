@@ -104,6 +104,7 @@ def test_learns_and_logs_everything_to_mlflow(project):
     assert json.loads(contexts["training"].source)["tags"]["table"] == "prepared/train.csv"
 
 
+@pytest.mark.slow  # two trainings
 def test_same_seed_same_metrics(project):
     cfg = tiny_config()
     assert run_train(project, cfg, "a") == run_train(project, cfg, "b")
