@@ -160,7 +160,9 @@ def evaluate(args: dict) -> Work:
     from retino.data.transforms import BatchTransform
     from retino.evaluation.evaluate import evaluate_test
     from retino.evaluation.predict import Predictor
+    from retino.training.calibration import Calibration
     from retino.training.engine import resolve_device
+    from retino.training.heads import Head
     from retino.training.models import build_model
 
     cfg, work_dir = config(args), Path(args["work"])
@@ -168,8 +170,11 @@ def evaluate(args: dict) -> Work:
     device = resolve_device(cfg.train.device)
     index = json.loads((cache / "index.json").read_text())
     transform = BatchTransform(index["mean"], index["std"], device, None, device.type == "cuda")
-    model = build_model(cfg.arch).to(device, memory_format=transform.memory_format).eval()
-    predictor = Predictor(model, cfg, transform, "untrained")
+    head = Head(cfg.train.loss)
+    model = build_model(cfg.arch, outputs=head.outputs)
+    model = model.to(device, memory_format=transform.memory_format).eval()
+    # argmax of the own eye, as a model trained without thresholds or an eye blend grades
+    predictor = Predictor(model, cfg, transform, "untrained", head, Calibration(None, None))
     cached = CachedSplit(cache, work_dir / "prepared", "test")
     with torch.no_grad():  # one batch first, untimed, as for `train`
         images, _ = cached.__getitems__(list(range(min(len(cached), cfg.eval.batch_size))))
