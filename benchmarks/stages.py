@@ -104,48 +104,36 @@ def preprocess(args: dict) -> Work:
 
 
 def train(args: dict) -> Work:
-    """One epoch of the train stage over the cached train split: its loader, augmentation,
-    model, optimizer and `train_one_epoch` (validation after the epoch is `evaluate`'s cost)."""
+    """One epoch of the train stage over the cached train split: the loaders and the model,
+    optimizer and loss it builds (retino.training.train), then `train_one_epoch` (validation
+    after the epoch is `evaluate`'s cost)."""
     import torch
-    from torch.utils.data.distributed import DistributedSampler
 
     from retino.data.cache import open_index
-    from retino.data.dataset import CachedSplit, default_workers, make_loader
-    from retino.data.transforms import BatchTransform
-    from retino.training.engine import (
-        epoch_generator,
-        resolve_device,
-        train_one_epoch,
-        train_step,
-    )
-    from retino.training.models import build_model
-    from retino.training.optim import make_criterion, make_optimizer
+    from retino.training.distributed import Dist
+    from retino.training.engine import epoch_generator, resolve_device, train_one_epoch, train_step
+    from retino.training.train import build_loaders, build_trainee
 
     cfg, work_dir = config(args), Path(args["work"])
     cache, prepared = work_dir / args["cache"], work_dir / "prepared"
     device = resolve_device(cfg.train.device)
-    cuda = device.type == "cuda"
     index = open_index(cache, cfg.data.image_size, cfg.preprocess.normalize)
-    dataset = CachedSplit(cache, prepared, "train")
-    sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=cfg.seed)
-    workers = default_workers(cfg.data.num_workers, cuda)
-    loader = make_loader(dataset, cfg.train.batch_size, True, workers, cuda, sampler)
-    transform = BatchTransform(index["mean"], index["std"], device, cfg.train.augment, cuda)
+    loaders = build_loaders(cfg, prepared, cache, device.type == "cuda", Dist())
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.arch, cfg.pretrained, cfg.train.weights)
-    model.to(device, memory_format=transform.memory_format)
-    optimizer = make_optimizer(model, cfg.train)
-    criterion = make_criterion(cfg.train, dataset.labels.numpy(), device)
+    normalisation = {"mean": index["mean"], "std": index["std"]}
+    t = build_trainee(cfg, loaders, normalisation, device, Dist())
+    loader = loaders.train
 
     # one step first, untimed: oneDNN builds its kernels and the allocator its pools on first
     # use, a cost per process, not per image
     images, labels = next(iter(loader))
-    train_step(model, images, labels, transform, optimizer, criterion, torch.Generator())
+    train_step(t.model, images, labels, t.train_tf, t.optimizer, t.criterion, torch.Generator())
 
     def work() -> int:
         generator = epoch_generator(cfg.seed, 0, 0)
-        train_one_epoch(model, loader, transform, optimizer, criterion, generator, 1)
-        return len(dataset)
+        train_one_epoch(t.model, loader, t.train_tf, t.optimizer, t.criterion, generator, 1,
+                        head=t.head)  # fmt: skip
+        return len(loader.dataset)
 
     return work
 

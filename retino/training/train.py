@@ -90,8 +90,8 @@ def _train(
 ) -> FitResult:
     index = open_index(cache, cfg.data.image_size, cfg.preprocess.normalize)
     normalisation = {"mean": index["mean"], "std": index["std"]}
-    loaders = _loaders(cfg, prepared, cache, device.type == "cuda", job)
-    trainee = _trainee(cfg, loaders, normalisation, device, job)
+    loaders = build_loaders(cfg, prepared, cache, device.type == "cuda", job)
+    trainee = build_trainee(cfg, loaders, normalisation, device, job)
 
     tables = [Path(prepared) / f"{split}.csv" for split in ("train", "val", "test")]
     tag = checkpoint.fingerprint(cfg, [*tables, Path(cache) / INDEX_FILE])
@@ -210,9 +210,10 @@ def _calibrate(cfg: Config, trainee: Trainee, val: CachedSplit, pin: bool) -> Ca
     return calibrate(head, outputs, labels, fellow_index(val.table["path"]), cfg.eval.paired_eyes)
 
 
-def _trainee(
+def build_trainee(
     cfg: Config, loaders: Loaders, normalisation: dict, device: torch.device, job: Dist
 ) -> Trainee:
+    """What `fit` trains: the model with its head, optimizer, schedule, loss and transforms."""
     cuda = device.type == "cuda"
     head = Head(cfg.train.loss)
     model: nn.Module = build_model(cfg.arch, cfg.pretrained, cfg.train.weights, head.outputs)
@@ -233,7 +234,8 @@ def _trainee(
     )
 
 
-def _loaders(cfg: Config, prepared: Path, cache: Path, pin: bool, job: Dist) -> Loaders:
+def build_loaders(cfg: Config, prepared: Path, cache: Path, pin: bool, job: Dist) -> Loaders:
+    """The train (sampled as train.sampler says), val and, with track_test, test loaders."""
     workers = default_workers(cfg.data.num_workers, pin)
 
     def loader(split: str, batch_size: int, shuffle: bool):

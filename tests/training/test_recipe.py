@@ -18,7 +18,7 @@ from retino.training import checkpoint
 from retino.training.distributed import Dist
 from retino.training.engine import better
 from retino.training.optim import class_weights, lr_factor, make_criterion, make_optimizer
-from retino.training.train import _loaders
+from retino.training.train import build_loaders
 from tests.conftest import tiny_config
 from tests.training.test_models import random_imagenet_weights
 from tests.training.test_train import run_train, runs
@@ -96,10 +96,10 @@ def test_regression_criterion_is_the_weighted_squared_error():
 def test_the_train_split_is_drawn_by_the_configured_sampler(project):
     data = (project / "prepared", project / "preprocessed")
     for name in ("balanced", "progressive"):
-        loaders = _loaders(tiny_config(train__sampler=name), *data, False, Dist())
+        loaders = build_loaders(tiny_config(train__sampler=name), *data, False, Dist())
         assert isinstance(loaders.train.sampler, GradeSampler)
         assert loaders.train.sampler.mode == name
-    shuffled = _loaders(tiny_config(train__sampler="shuffle"), *data, False, Dist())
+    shuffled = build_loaders(tiny_config(train__sampler="shuffle"), *data, False, Dist())
     assert not isinstance(shuffled.train.sampler, GradeSampler)
     assert not isinstance(shuffled.val.sampler, GradeSampler)
 
