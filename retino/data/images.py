@@ -37,7 +37,7 @@ class ImageError(RetinoError):
 def inspect(path: Path, max_pixels: int) -> tuple[int, int]:
     """(width, height) from the header; ImageError if the file is missing, empty, no image, too
     large or not 8-bit. Reads no pixel data."""
-    size, _, _ = _header(Path(path), max_pixels)
+    size, _, _ = header(Path(path), max_pixels)
     return size
 
 
@@ -48,10 +48,10 @@ def decode_rgb(path: Path, max_pixels: int, min_side: int | None = None) -> np.n
     (n/8) that keeps both sides at or above it. None: full resolution.
     """
     path = Path(path)
-    _, mode, kind = _header(path, max_pixels)
+    _, mode, kind = header(path, max_pixels)
     try:
         data = path.read_bytes()
-        if kind in ("JPEG", "MPO") and mode != "CMYK":  # libjpeg-turbo converts all but CMYK
+        if is_jpeg(mode, kind):
             side = min_side or 0
             return simplejpeg.decode_jpeg(data, "RGB", min_height=side, min_width=side, strict=True)
         with Image.open(io.BytesIO(data)) as image:
@@ -61,7 +61,23 @@ def decode_rgb(path: Path, max_pixels: int, min_side: int | None = None) -> np.n
         raise ImageError(_unreadable(path, err)) from None
 
 
-def _header(path: Path, max_pixels: int) -> tuple[tuple[int, int], str, str]:
+def is_jpeg(mode: str, kind: str) -> bool:
+    """Whether a file of this header is decoded as a JPEG (libjpeg-turbo, or nvJPEG on a GPU):
+    every JPEG but CMYK ones, which go through Pillow."""
+    return kind in ("JPEG", "MPO") and mode != "CMYK"
+
+
+def dct_scaled_size(width: int, height: int, min_side: int) -> tuple[int, int]:
+    """(width, height) `decode_rgb` decodes a width x height JPEG at for `min_side`: the smallest
+    DCT scale n/8 keeping both sides at least min_side (libjpeg-turbo rounds up), else full."""
+    for n in range(1, 9):
+        scaled = -(-width * n // 8), -(-height * n // 8)
+        if min(scaled) >= min_side:
+            return scaled
+    return width, height
+
+
+def header(path: Path, max_pixels: int) -> tuple[tuple[int, int], str, str]:
     """(size, mode, format) of the image file at `path`, checked (see `inspect`)."""
     if not path.is_file():
         raise ImageError(f"image {path} not found; add it or remove the row")
