@@ -163,24 +163,19 @@ def _run_batched(jobs: list[tuple], total: int, workers: int, device: str) -> li
 
     from retino.data import gpu_decode  # torch and torchvision: this path only
 
-    gpu = torch.device(device)
-    if gpu.type == "cuda":
-        print(f"preprocess: JPEGs decoded by nvJPEG on {torch.cuda.get_device_name(gpu)}",
-              flush=True)  # fmt: skip
     _, _, size, normalize, max_pixels = jobs[0] if jobs else (None, None, 0, "none", 0)
+    gpu = torch.device(device)
     arrays: dict[str, np.ndarray] = {}
     failures: list[tuple[int, str]] = []  # (position in the tables, message)
     on_cpu: Counter = Counter()  # image format -> images the workers preprocessed
     pending: list[tuple[int, str, int, str]] = []  # (position, array, row, path) for the GPU
-    pool = ProcessPoolExecutor(workers) if workers > 1 and len(jobs) > 1 else None
-    bar = tqdm(total=total, desc="preprocess", unit="img", dynamic_ncols=True, disable=None)
 
     def array(path: str) -> np.ndarray:
         if path not in arrays:
             arrays[path] = np.load(path, mmap_mode="r+")
         return arrays[path]
 
-    def flush() -> None:
+    def flush(bar: tqdm) -> None:
         decoded = gpu_decode.decode([gpu_decode.read(item[3]) for item in pending], gpu)
         ok = [(item, image) for item, image in zip(pending, decoded, strict=True)
               if not isinstance(image, str)]  # fmt: skip
@@ -199,26 +194,32 @@ def _run_batched(jobs: list[tuple], total: int, workers: int, device: str) -> li
         bar.update(len(pending))
         pending.clear()
 
+    pool = ProcessPoolExecutor(workers) if workers > 1 and len(jobs) > 1 else None
     try:
+        # the workers start (fork) here, before this process initialises CUDA
         results = pool.map(_route_rows, jobs) if pool else map(_route_rows, jobs)
-        position = 0
-        for (array_path, rows, *_), routes in zip(jobs, results, strict=True):
-            for (row, path), (route, detail) in zip(rows, routes, strict=True):
-                if route == "gpu":
-                    pending.append((position, array_path, row, path))
-                else:
-                    bar.update(1)
-                    if route == "failed":
-                        failures.append((position, detail))
+        if gpu.type == "cuda":
+            print(f"preprocess: JPEGs decoded by nvJPEG on {torch.cuda.get_device_name(gpu)}",
+                  flush=True)  # fmt: skip
+        with tqdm(total=total, desc="preprocess", unit="img", dynamic_ncols=True,
+                  disable=None) as bar:  # fmt: skip
+            position = 0
+            for (array_path, rows, *_), routes in zip(jobs, results, strict=True):
+                for (row, path), (route, detail) in zip(rows, routes, strict=True):
+                    if route == "gpu":
+                        pending.append((position, array_path, row, path))
                     else:
-                        on_cpu[detail] += 1
-                position += 1
-            if len(pending) >= gpu_decode.BATCH:
-                flush()
-        if pending:
-            flush()
+                        bar.update(1)
+                        if route == "failed":
+                            failures.append((position, detail))
+                        else:
+                            on_cpu[detail] += 1
+                    position += 1
+                if len(pending) >= gpu_decode.BATCH:
+                    flush(bar)
+            if pending:
+                flush(bar)
     finally:
-        bar.close()
         if pool:
             pool.shutdown(cancel_futures=True)
     for mapped in arrays.values():
