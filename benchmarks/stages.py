@@ -140,8 +140,9 @@ def train(args: dict) -> Work:
 
 def evaluate(args: dict) -> Work:
     """The evaluate stage's prediction and reports over the cached test split (`evaluate_test`:
-    predictions, metrics, predictions.csv), with an untrained model; MLflow logging and the
-    10-image Grad-CAM gallery, whose cost does not grow with the data, are left out."""
+    predictions, metrics with their bootstrap intervals, predictions.csv), with an untrained
+    model; MLflow logging and the 10-image Grad-CAM gallery, whose cost does not grow with the
+    data, are left out."""
     import torch
 
     from retino.data.dataset import CachedSplit
@@ -169,7 +170,7 @@ def evaluate(args: dict) -> Work:
         model(transform(images))
 
     def work() -> int:
-        evaluate_test(predictor, cached, work_dir / "eval")
+        evaluate_test(predictor, cached, work_dir / "eval", cfg.eval.bootstrap, cfg.seed)
         return len(cached)
 
     return work

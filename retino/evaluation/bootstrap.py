@@ -47,10 +47,15 @@ class Units:
     kind: str  # "patient" or "image"
 
     def describe(self) -> str:
-        """'100 patients (both eyes together)' or '730 images (no patient in the names)'."""
-        if self.kind == "patient":
-            return f"{self.count} patients (both eyes together)"
-        return f"{self.count} images (no <patient>_<left|right> names: images resampled)"
+        return resampled(self.kind, self.count)
+
+
+def resampled(kind: str, count: int) -> str:
+    """'100 patients (both eyes together)', or '730 images (no <patient>_<left|right> names:
+    images resampled)'."""
+    if kind == "patient":
+        return f"{count} patients (both eyes together)"
+    return f"{count} images (no <patient>_<left|right> names: images resampled)"
 
 
 def units(paths: Sequence[str]) -> Units:

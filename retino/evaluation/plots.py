@@ -1,4 +1,5 @@
-"""Report figures: training curves, confusion matrices, architecture comparisons.
+"""Report figures: training curves, confusion matrices, architecture comparisons, reliability
+of P(referable), and the forest plot of the variants' test QWK.
 
 Figures are built on `matplotlib.figure.Figure` directly, never through pyplot: no GUI backend
 is needed, nothing is registered in pyplot's global figure list, and a figure is freed as soon
@@ -18,6 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from retino.evaluation.reliability import Reliability
 from retino.grades import GRADE_NAMES
 from retino.metrics import normalise_rows
 
@@ -238,4 +240,38 @@ def plot_confusion_grid(matrices: Mapping[str, np.ndarray], path: Path, title: s
     fig.colorbar(im, cax=cax, label="Share of true grade")
     if title:
         fig.suptitle(title, fontsize=13, y=1 - 0.2 / height, va="top")
+    _save(fig, path)
+
+
+def plot_reliability(rel: Reliability, path: Path, title: str = "") -> None:
+    """Observed share of referable DR against the model's P(referable) per bin, with the
+    diagonal a calibrated model follows and the ECE (above); how many images each bin holds
+    (below). A regression score has no diagonal: the panel shows how the referable share rises
+    with the score."""
+    fig = _figure(6.5, 6.2)
+    ax, ax_count = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    centres = (rel.edges[:-1] + rel.edges[1:]) / 2
+    filled = rel.count > 0
+    n = int(rel.count.sum())
+    if rel.probability:
+        ax.plot([0, 1], [0, 1], linestyle="--", color="0.5", label="calibrated")
+        x = rel.predicted[filled]
+        what = f"expected calibration error {rel.ece:.3f} (n = {n})"
+        xlabel = "Predicted P(referable) = p2 + p3 + p4"
+    else:
+        x = centres[filled]
+        what = f"no calibration error: a regression score is no probability (n = {n})"
+        xlabel = "Regression score (the grade as a number)"
+    ax.plot(x, rel.observed[filled], marker="o", color="tab:blue", label="observed")
+    ax.set_ylabel("Share truly referable (grade >= 2)")
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left")
+    ax.set_title(what, fontsize=10)
+    width = rel.edges[1] - rel.edges[0]
+    ax_count.bar(centres, rel.count, width=width * 0.9, color="tab:blue", alpha=0.6)
+    ax_count.set_xlabel(xlabel)
+    ax_count.set_ylabel("Images")
+    ax_count.set_xlim(rel.edges[0], rel.edges[-1])
+    fig.suptitle(title or "Reliability of the referable-DR output (test set)", fontsize=12)
     _save(fig, path)
