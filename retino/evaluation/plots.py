@@ -12,6 +12,7 @@ suffix). Accuracies arrive as fractions in [0, 1] and are drawn as percentages.
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -274,4 +275,43 @@ def plot_reliability(rel: Reliability, path: Path, title: str = "") -> None:
     ax_count.set_ylabel("Images")
     ax_count.set_xlim(rel.edges[0], rel.edges[-1])
     fig.suptitle(title or "Reliability of the referable-DR output (test set)", fontsize=12)
+    _save(fig, path)
+
+
+def plot_forest(rows: list[tuple[str, Any]], path: Path, title: str, subtitle: str = "") -> None:
+    """Each variant's test QWK as a square with its 95 % interval, its seeds as dots, the best
+    on top, the numbers on the right. `rows`: (variant, estimate) with `point`, `lo`, `hi`, `sd`,
+    `seeds` (retino.evaluation.variants.Estimate)."""
+    if not rows:
+        raise ValueError("plot_forest needs at least one variant")
+    rows = sorted(rows, key=lambda r: r[1].point)  # the best at the top (largest y)
+    fig = _figure(10, 1.9 + 0.55 * len(rows))
+    ax = fig.subplots()
+    seeded = False
+    for y, (_, e) in enumerate(rows):
+        ax.plot([e.lo, e.hi], [y, y], color="tab:blue", linewidth=2, solid_capstyle="butt")
+        ax.plot([e.point], [y], marker="s", markersize=8, color="tab:blue")
+        if len(e.seeds) > 1:
+            ax.plot(e.seeds, [y + 0.2] * len(e.seeds), "o", markersize=4, color="tab:orange",
+                    label=None if seeded else "one seed's run")  # fmt: skip
+            seeded = True
+    best = rows[-1][1]
+    ax.axvspan(best.lo, best.hi, color="tab:blue", alpha=0.08, label="the best's interval")
+    ylim = (-0.7, len(rows) - 0.3)
+    ax.set_yticks(range(len(rows)), [name for name, _ in rows])
+    ax.set_ylim(*ylim)
+    numbers = ax.twinx()  # the values, as labels on the right
+    numbers.set_ylim(*ylim)
+    numbers.set_yticks(
+        range(len(rows)),
+        [f"{e.point:.3f} [{e.lo:.3f}, {e.hi:.3f}]"
+         + (f"\n± {e.sd:.3f} over {len(e.seeds)} seeds" if e.sd is not None else "")
+         for _, e in rows],
+    )  # fmt: skip
+    numbers.tick_params(axis="y", length=0, labelsize=9)
+    ax.set_xlabel("Test QWK (mean over seeds)")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    ax.set_title(subtitle, fontsize=9, color="0.3")
+    fig.suptitle(title, fontsize=12)
     _save(fig, path)
