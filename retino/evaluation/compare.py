@@ -440,8 +440,10 @@ def compare(
     (out / "results.md").write_text(markdown(table, pairs, summary))
     figures = []
     if measured:
-        images = (f"{len(boot.units.of_image)} test images: {boot.units.describe()} resampled. "
-                  "Overlapping intervals may still differ: results.md's paired verdicts decide")  # fmt: skip
+        images = (
+            f"{len(boot.units.of_image)} test images: {boot.units.describe()} resampled. "
+            "Overlapping intervals may still differ: results.md's paired verdicts decide"
+        )
         rows = [(v, m.qwk_estimate) for v, m in measured.items()]
         plot_forest(rows, out / "forest.png", "Test QWK with 95 % intervals", images)
         figures.append(out / "forest.png")
