@@ -224,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     # the benchmark lives outside the library (benchmarks/): its arguments are its own
     p = sub.add_parser("bench", add_help=False, help="time retino against the lab report's loop")
-    p.add_argument("argv", nargs=argparse.REMAINDER, help="input|train ... (bench --help)")
+    p.add_argument(
+        "argv", nargs=argparse.REMAINDER, help="input|train|intervals|scale ... (bench --help)"
+    )
     p.set_defaults(handler=_bench)
     return parser
 
