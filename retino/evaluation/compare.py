@@ -375,10 +375,15 @@ def summarise(
              f"{boot.units.describe()}, the same resamples for every run (paired); ± the SD "
              "over seeds, whose noise the intervals of several seeds include."]  # fmt: skip
     if pairs.empty:
-        width = float((table.test_qwk_hi - table.test_qwk_lo).dropna().max())
-        lines.append(f"One variant, nothing to compare it with. Its test QWK interval is "
-                     f"{width:.3f} wide: on these {n} test images two variants closer than "
-                     "that may not be told apart.")  # fmt: skip
+        row = table.dropna(subset="test_qwk_lo").iloc[0]
+        half = (row.test_qwk_hi - row.test_qwk_lo) / 2
+        lines.append(
+            f"One variant, nothing to compare it with: {row.variant}'s test QWK {row.test_qwk:.3f} "
+            f"[{row.test_qwk_lo:.3f}, {row.test_qwk_hi:.3f}] is known to about ±{half:.3f} on "
+            f"these {n} test images, and another variant within about that of it may not be told "
+            "apart here (the paired comparison decides, once there is one: e.g. "
+            "`dvc exp run -S arch=resnet50`)."
+        )
         return lines
     unseparated = int((~pairs.separated).sum())
     if unseparated == len(pairs):
