@@ -49,6 +49,9 @@ NOT_VARIANT = ("seed", "eval.bootstrap")  # params whose runs are still one vari
 SEED = 0  # compare's own resamples: the same runs give the same intervals
 PREDICTIONS = "eval/predictions.csv"
 QWK_RANGE, ACCURACY_RANGE = (-1.0, 1.0), (0.0, 1.0)
+PAIR_COLUMNS = ["better", "worse", "qwk_diff", "qwk_lo", "qwk_hi", "qwk_p", "accuracy_diff",
+                "accuracy_lo", "accuracy_hi", "accuracy_p", "mcnemar_p", "seeds", "separated",
+                "verdict"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -247,7 +250,7 @@ def compare_pairs(
     accuracy, McNemar per seed both ran, and the verdict in words."""
     ranked = sorted((c for c in cells if c.variant in measured),
                     key=lambda c: -measured[c.variant].qwk_estimate.point)  # fmt: skip
-    rows = []
+    rows = []  # PAIR_COLUMNS
     for a, b in itertools.combinations(ranked, 2):
         ma, mb = measured[a.variant], measured[b.variant]
         qwk = difference(ma.qwk, mb.qwk)
@@ -271,7 +274,7 @@ def compare_pairs(
             "seeds": qwk.training, "separated": not e.crosses_zero,
             "verdict": verdict(a.variant, b.variant, qwk, accuracy, mcnemar_p, shown_seeds),
         })  # fmt: skip
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=PAIR_COLUMNS)
 
 
 def _right(table: pd.DataFrame) -> np.ndarray:
@@ -359,8 +362,9 @@ def markdown(table: pd.DataFrame, pairs: pd.DataFrame, summary: list[str]) -> st
             "",
         ]
     lines += ["## Which variant wins, and how sure", ""]
-    lines += [f"- {v}" for v in pairs.get("verdict", [])]
-    lines += ["", *summary]
+    if len(pairs):
+        lines += [*(f"- {v}" for v in pairs.verdict), ""]
+    lines += summary
     return "\n".join(lines) + "\n"
 
 
@@ -472,7 +476,7 @@ def compare(
         plot_confusion_grid(matrices, out / "confusion_grid.png", "Test confusion (row-normalised)")
         figures.append(out / "confusion_grid.png")
     logged = log_comparison(root, experiment, cells, out, figures)
-    return Comparison([*pairs.get("verdict", []), *summary], notes, logged)
+    return Comparison([*pairs.verdict, *summary], notes, logged)
 
 
 def log_comparison(

@@ -245,10 +245,10 @@ def plot_confusion_grid(matrices: Mapping[str, np.ndarray], path: Path, title: s
 
 
 def plot_reliability(rel: Reliability, path: Path, title: str = "") -> None:
-    """Observed share of referable DR against the model's P(referable) per bin, with the
-    diagonal a calibrated model follows and the ECE (above); how many images each bin holds
-    (below). A regression score has no diagonal: the panel shows how the referable share rises
-    with the score."""
+    """Observed share of referable DR against the model's P(referable) per bin, with its 95 %
+    interval (a bin of few images says little), the diagonal a calibrated model follows and the
+    ECE (above); how many images each bin holds (below). A regression score has no diagonal: the
+    panel shows how the referable share rises with the score."""
     fig = _figure(6.5, 6.2)
     ax, ax_count = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
     centres = (rel.edges[:-1] + rel.edges[1:]) / 2
@@ -263,11 +263,14 @@ def plot_reliability(rel: Reliability, path: Path, title: str = "") -> None:
         x = centres[filled]
         what = f"no calibration error: a regression score is no probability (n = {n})"
         xlabel = "Regression score (the grade as a number)"
-    ax.plot(x, rel.observed[filled], marker="o", color="tab:blue", label="observed")
+    y = rel.observed[filled]
+    spread = np.vstack([y - rel.observed_lo[filled], rel.observed_hi[filled] - y])
+    ax.errorbar(x, y, yerr=spread, marker="o", color="tab:blue", capsize=3,
+                label="observed, with its 95 % interval")  # fmt: skip
     ax.set_ylabel("Share truly referable (grade >= 2)")
     ax.set_ylim(-0.03, 1.03)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper left")
+    ax.legend(loc="lower right", fontsize=9)
     ax.set_title(what, fontsize=10)
     width = rel.edges[1] - rel.edges[0]
     ax_count.bar(centres, rel.count, width=width * 0.9, color="tab:blue", alpha=0.6)

@@ -25,6 +25,8 @@ class Reliability:
     edges: np.ndarray  # (BINS + 1,) bin edges on the output's scale
     predicted: np.ndarray  # (BINS,) mean output per bin (NaN where empty)
     observed: np.ndarray  # (BINS,) share truly referable per bin (NaN where empty)
+    observed_lo: np.ndarray  # (BINS,) its 95 % Wilson interval: how little a bin of few says
+    observed_hi: np.ndarray
     count: np.ndarray  # (BINS,) images per bin
     ece: float | None  # None for a score, which is no probability
     probability: bool
@@ -53,9 +55,19 @@ def reliability(table: pd.DataFrame) -> Reliability:
     with np.errstate(invalid="ignore", divide="ignore"):
         predicted = np.bincount(index, output, minlength=BINS) / count
         observed = np.bincount(index, truth, minlength=BINS) / count
+    lo, hi = wilson(observed, count)
     ece = None
     if probability:
         filled = count > 0
         gaps = np.abs(observed[filled] - predicted[filled])
         ece = float((count[filled] * gaps).sum() / count.sum())
-    return Reliability(edges, predicted, observed, count, ece, probability)
+    return Reliability(edges, predicted, observed, lo, hi, count, ece, probability)
+
+
+def wilson(share: np.ndarray, n: np.ndarray, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
+    """The Wilson score interval of binomial shares (NaN where n = 0): unlike share ± z * SE it
+    stays within [0, 1] and is not 0 wide for a bin of one image."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centre = (share + z**2 / (2 * n)) / (1 + z**2 / n)
+        half = z * np.sqrt(share * (1 - share) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
+    return centre - half, centre + half

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from retino.evaluation.plots import plot_reliability
-from retino.evaluation.reliability import reliability
+from retino.evaluation.reliability import reliability, wilson
 
 
 def table(prob_referable: np.ndarray, referable: np.ndarray) -> pd.DataFrame:
@@ -48,3 +48,11 @@ def test_the_diagram(tmp_path):
     plot_reliability(reliability(table(prob, rng.random(300) < prob)), tmp_path / "f" / "r.png")
     with Image.open(tmp_path / "f" / "r.png") as img:
         assert img.format == "PNG" and img.width >= 600
+
+
+def test_a_bin_of_one_image_has_a_wide_interval():
+    share, n = np.array([1.0, 0.5, np.nan]), np.array([1, 1000, 0])
+    lo, hi = wilson(share, n)
+    assert 0.2 < lo[0] < 0.25 and hi[0] == pytest.approx(1.0)  # one image says little
+    assert hi[1] - lo[1] == pytest.approx(2 * 1.96 * np.sqrt(0.25 / 1000), rel=0.01)
+    assert np.isnan(lo[2]) and np.isnan(hi[2])
