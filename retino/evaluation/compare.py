@@ -83,6 +83,10 @@ def _seed_order(seed: str) -> tuple[int, int | str]:
     return (0, int(seed)) if seed.isdigit() else (1, seed)
 
 
+def _variant_params(run: RunRecord) -> tuple:
+    return tuple(sorted((k, v) for k, v in run.params.items() if k not in NOT_VARIANT))
+
+
 def _differing(a: dict[str, str], b: dict[str, str]) -> str:
     """'train.lr 0.01 vs 0.002': the first params in which two runs differ."""
     keys = sorted(k for k in set(a) | set(b) if k not in NOT_VARIANT and a.get(k) != b.get(k))
@@ -92,7 +96,8 @@ def _differing(a: dict[str, str], b: dict[str, str]) -> str:
 def pick_runs(runs: list[RunRecord]) -> tuple[list[Cell], list[str]]:
     """Per (arch, pretrained, recipe): the runs of its newest run's params, the newest per seed;
     notes on every run left out and why."""
-    cells: dict[tuple[str, str, str], dict[str, RunRecord]] = {}
+    # (arch, pretrained, recipe) -> (the params that make the variant, seed) -> run
+    cells: dict[tuple[str, str, str], dict[tuple, RunRecord]] = {}
     newest: dict[tuple[str, str, str], RunRecord] = {}
     notes = []
     for run in runs:  # oldest first: a later run replaces an earlier one of its seed
@@ -104,19 +109,20 @@ def pick_runs(runs: list[RunRecord]) -> tuple[list[Cell], list[str]]:
             continue
         kind = "scratch" if run.params.get("pretrained", "False") == "False" else "pretrained"
         key = (run.params.get("arch", "?"), kind, recipe(run.params))
-        by_seed = cells.setdefault(key, {})
+        runs_of = cells.setdefault(key, {})
         seed = run.params.get("seed", "")
-        if seed in by_seed and not _differing(by_seed[seed].params, run.params):
+        slot = (_variant_params(run), seed)
+        if slot in runs_of:
             where = f"{key[0]} {', '.join(filter(None, key[1:]))}"
             seeded = f", seed {seed}" if seed else ""
-            notes.append(f"{where}{seeded}: showing {run.name}, newer than {by_seed[seed].name}")
-        by_seed[seed] = run
+            notes.append(f"{where}{seeded}: showing {run.name}, newer than {runs_of[slot].name}")
+        runs_of[slot] = run
         newest[key] = run
     chosen = []
-    for key, by_seed in cells.items():
+    for key, runs_of in cells.items():
         latest = newest[key]
-        same = [r for r in by_seed.values() if not _differing(r.params, latest.params)]
-        for other in by_seed.values():
+        same = [r for (params, _), r in runs_of.items() if params == _variant_params(latest)]
+        for other in runs_of.values():
             if other not in same:
                 why = _differing(other.params, latest.params)
                 notes.append(f"left out {other.name}: other params than the newest run of its "

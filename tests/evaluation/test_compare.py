@@ -164,9 +164,9 @@ def predictions(wrong: float, seed: int, labels=GRADES, images=IMAGES) -> pd.Dat
     return table
 
 
-def log_evaluated(root, arch, pretrained, seed, table, data_md5="3f2a1c0b9e.dir"):
+def log_evaluated(root, arch, pretrained, seed, table, data_md5="3f2a1c0b9e.dir", **more):
     """A finished, evaluated run with its per-image predictions, as the pipeline logs it."""
-    params = {"arch": arch, "pretrained": pretrained, "seed": seed, "eval.bootstrap": 1000}
+    params = {"arch": arch, "pretrained": pretrained, "seed": seed, "eval.bootstrap": 1000, **more}
     name = f"{arch}-{'pretrained' if pretrained else 'scratch'}-s{seed}"
     metrics = grading_metrics(table.label, table.predicted, table.p2 + table.p3 + table.p4)
     with open_run(root, name=name, tags={"data_md5": data_md5, "dvc_exp_name": name}) as run:
@@ -213,6 +213,9 @@ def test_a_two_by_two_grid_with_two_seeds(store, capsys):
     assert cell.test_qwk == pytest.approx(np.mean(points["resnet18", False]))
     assert cell.test_qwk_sd == pytest.approx(np.std(points["resnet18", False], ddof=1))
     assert cell.test_qwk_lo < cell.test_qwk < cell.test_qwk_hi
+    # two seeds 2 points apart near 96 %: Student's t with one degree of freedom would reach
+    # past 100 %; an interval stays within what accuracy can be
+    assert (table.test_accuracy_hi <= 1).all() and (table.test_qwk_hi <= 1).all()
     md = (store / "cmp" / "results.md").read_text()
     row = next(line for line in md.splitlines() if line.startswith("| w/o pretrained |"))
     assert row.count("(2 seeds)") == 2 and row.count(" ± ") == 4 and row.count("[") == 4
@@ -257,3 +260,19 @@ def test_runs_on_different_test_sets_are_refused_by_name_and_left_out_otherwise(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "sets (150 vs 200 test images, e.g. images/7" in err
     assert "_left.jpeg only in resnet50-pretrained-s1's)" in err
+
+
+def test_a_cell_shows_the_seeds_of_its_newest_params(store, capsys):
+    lr = {"train.lr": 0.01}
+    log_evaluated(store, "resnet18", False, 1, predictions(0.2, 1), **lr)
+    log_evaluated(store, "resnet18", False, 2, predictions(0.2, 2), **lr)
+    log_evaluated(store, "resnet18", False, 1, predictions(0.3, 1), **{"train.lr": 0.001})
+    log_evaluated(store, "resnet18", False, 2, predictions(0.3, 2), **{"train.lr": 0.001})
+    log_evaluated(store, "resnet18", False, 2, predictions(0.25, 3), **{"train.lr": 0.001})
+    assert main(["compare", "--out", str(store / "cmp")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("other params than the newest run of its cell") == 2
+    assert "(train.lr 0.01 vs 0.001)" in out
+    assert "resnet18 scratch, seed 2: showing resnet18-scratch-s2, newer than" in out
+    (row,) = pd.read_csv(store / "cmp" / "results.csv").itertuples()
+    assert row.runs == 2 and row.seeds == "1 2"

@@ -62,10 +62,10 @@ def test_seeds_widen_the_interval_by_their_spread():
     paths, labels = draw_test_set(rng)
     boot = Bootstrap(paths, 1000, seed=0)
     seeds = [model(labels, rng, w) for w in (0.2, 0.3, 0.4)]  # training noise: 0.2-0.4 wrong
-    three = estimate(qwk_runs(boot, labels, *seeds))
+    three = estimate(qwk_runs(boot, labels, *seeds), (-1, 1))
     assert three.sd == pytest.approx(np.std([_qwk(labels, p) for p in seeds], ddof=1))
     assert three.point == pytest.approx(np.mean(three.seeds))
-    one = estimate(qwk_runs(boot, labels, seeds[1]))
+    one = estimate(qwk_runs(boot, labels, seeds[1]), (-1, 1))
     assert one.sd is None
     assert three.hi - three.lo > 1.5 * (one.hi - one.lo)
 
