@@ -36,6 +36,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--batches", type=_positive, default=10, help="timed per path (default 10)")
     q.add_argument("--compile", action="store_true", help="retino's model via torch.compile")
     q = what.add_parser(
+        "intervals",
+        help="the evaluate stage's bootstrap intervals against a loop over resamples",
+    )
+    q.add_argument(
+        "--images",
+        type=_positive,
+        default=43_000,
+        help="test images, two per patient (default 43000: EyePACS' Private split)",
+    )
+    q.add_argument("--resamples", type=_positive, default=1000, help="default 1000")
+    q.add_argument("--loop", type=_positive, default=10,
+                   help="resamples the plain loop is timed over (default 10)")  # fmt: skip
+    q = what.add_parser(
         "scale",
         help="how every stage's time and memory grow with the data and the runs",
         description=f"Defaults: {_preset(FULL)} (8-12 minutes on 2 busy cores).",
@@ -113,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
             list(args.runs or preset["runs"]), args.train_px, args.arch, args.batch_size,
             args.stages, args.repeat,
         )  # fmt: skip
+        return 0
+    if args.what == "intervals":
+        from benchmarks.intervals import bench_intervals  # no torch
+
+        bench_intervals(args.images, args.resamples, args.loop)
         return 0
     from benchmarks.bench import bench_input, bench_train  # torch: after the arguments parse
 

@@ -40,10 +40,12 @@ def _compare(args: argparse.Namespace) -> int:
     from retino.evaluation.compare import compare
     from retino.tracking.store import project_root
 
-    notes = compare(project_root(), args.out, args.experiment, args.runs)
-    for note in notes:
+    result = compare(project_root(), args.out, args.experiment, args.runs, args.resamples)
+    for note in result.notes:
         print(f"note: {note}")
-    print(f"wrote {args.out}/results.md, results.csv and figures")
+    print("\n".join(result.lines))
+    print(f"wrote {args.out}/results.md, results.csv, pairs.csv and figures (forest.png); "
+          f"logged to MLflow: {result.logged}")  # fmt: skip
     return 0
 
 
@@ -172,10 +174,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=-1, help="decoding processes (-1: one per core)")
     p.set_defaults(handler=_validate)
 
-    p = sub.add_parser("compare", help="the lab report's results table and figures, from MLflow")
+    p = sub.add_parser(
+        "compare",
+        help="which variant wins, and how sure: the lab report's table "
+        "with 95 %% intervals, paired comparisons and figures, from MLflow",
+    )
     p.add_argument("--out", type=Path, required=True, help="folder for results.md/.csv and PNGs")
     p.add_argument("--experiment", default="retino", help="MLflow experiment (default retino)")
     p.add_argument("--runs", nargs="+", metavar="RUN", help="only these run ids or run names")
+    p.add_argument(
+        "--resamples",
+        type=_positive,
+        default=1000,
+        help="bootstrap resamples of the test patients (default 1000)",
+    )
     p.set_defaults(handler=_compare)
 
     p = sub.add_parser("ui", help="the MLflow UI on this project's runs, on 127.0.0.1 until Ctrl-C")
@@ -212,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     # the benchmark lives outside the library (benchmarks/): its arguments are its own
     p = sub.add_parser("bench", add_help=False, help="time retino against the lab report's loop")
-    p.add_argument("argv", nargs=argparse.REMAINDER, help="input|train ... (bench --help)")
+    p.add_argument(
+        "argv", nargs=argparse.REMAINDER, help="input|train|intervals|scale ... (bench --help)"
+    )
     p.set_defaults(handler=_bench)
     return parser
 

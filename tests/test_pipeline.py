@@ -25,7 +25,7 @@ def test_dvc_repro_end_to_end(tmp_path, tiny_source):
         for entry in stage.get("outs", []) + stage.get("metrics", []) + stage.get("plots", []):
             path = next(iter(entry)) if isinstance(entry, dict) else entry
             assert (dvc_project / path).exists(), f"stage {name}: {path} missing"
-    for png in ("curves.png", "confusion.png"):
+    for png in ("curves.png", "confusion.png", "reliability.png"):
         with Image.open(dvc_project / "reports" / "figures" / png) as img:
             assert img.format == "PNG" and img.width >= 400
 
@@ -33,6 +33,17 @@ def test_dvc_repro_end_to_end(tmp_path, tiny_source):
     assert {"accuracy", "qwk", "balanced_accuracy", "macro_f1", "majority_accuracy"} <= set(
         test_metrics
     )
+    # each headline metric with its 95 % interval, the patients resampled (both eyes together)
+    intervals = ["accuracy", "balanced_accuracy", "qwk", "macro_f1", "referable_auc",
+                 "referable_sensitivity", "referable_specificity"]  # fmt: skip
+    intervals = [k for k in intervals if k in test_metrics]
+    assert {"accuracy", "qwk", "macro_f1"} <= set(intervals)
+    for key in intervals:
+        assert test_metrics[f"{key}_lo"] <= test_metrics[key] <= test_metrics[f"{key}_hi"], key
+    assert test_metrics["accuracy_lo"] < test_metrics["accuracy_hi"]  # 16 test images: wide
+    assert test_metrics["bootstrap_unit"] == "patient" and test_metrics["bootstrap_units"] == 8
+    assert test_metrics["bootstrap_resamples"] == 1000
+    assert 0 <= test_metrics["referable_ece"] <= 1
     assert (
         (dvc_project / "reports/eval/predictions.csv")
         .read_text()
@@ -49,6 +60,13 @@ def test_dvc_repro_end_to_end(tmp_path, tiny_source):
     assert logged["metrics.best/epoch"] == train_metrics["best_epoch"]
     assert logged["metrics.best/test_accuracy"] == test_metrics["accuracy"]
     assert logged["metrics.best/test_qwk"] == test_metrics["qwk"]
+    for key in intervals:
+        for end in ("_lo", "_hi"):
+            assert logged[f"metrics.best/test_{key}{end}"] == test_metrics[f"{key}{end}"]
+    assert logged["tags.test_intervals"] == (
+        "95 % bootstrap: 1000 resamples of 8 patients (both eyes together)"
+    )
+    assert logged["tags.variant"] == "resnet18-scratch"  # the UI's "Group by" of seed repeats
     client = mlflow.MlflowClient()
     artifacts = {a.path for a in client.list_artifacts(logged.run_id)}
     assert artifacts == {"eval", "figures", "history.csv", "images"}  # best.pt only as the model
@@ -62,7 +80,7 @@ def test_dvc_repro_end_to_end(tmp_path, tiny_source):
     assert sources == {logged["tags.data_md5"]}
     # the confusion matrix, the curves and the Grad-CAMs as keyed images for the image grid
     images = {a.path.split("+")[0] for a in client.list_artifacts(logged.run_id, "images")}
-    assert {"images/confusion", "images/curves"} <= images
+    assert {"images/confusion", "images/curves", "images/reliability"} <= images
     assert any(name.startswith("images/gradcam~grade0_") for name in images), images
 
     # nothing changed: a second repro does nothing; `dvc exp show` lists the metrics
@@ -71,6 +89,9 @@ def test_dvc_repro_end_to_end(tmp_path, tiny_source):
     metrics = next(b for b in shown if b["rev"] == "workspace")["data"]["metrics"]
     assert metrics["reports/train/metrics.json"]["data"] == train_metrics
     assert metrics["reports/eval/metrics.json"]["data"]["qwk"] == test_metrics["qwk"]
+    shown_eval = metrics["reports/eval/metrics.json"]["data"]
+    assert (shown_eval["qwk_lo"], shown_eval["qwk_hi"]) == (
+        test_metrics["qwk_lo"], test_metrics["qwk_hi"])  # fmt: skip
 
     # the kappa recipe, one command away; it reuses the prepared splits and the cache
     recipe = ["train.loss=regression", "train.sampler=progressive", "eval.tta=flips",
@@ -93,6 +114,19 @@ def test_dvc_repro_end_to_end(tmp_path, tiny_source):
     assert [logged.metrics[f"best/threshold_{k}"] for k in range(1, 5)] == thresholds
     assert logged.metrics["best/eye_weight"] == train_metrics["eye_weight"]
     assert logged.metrics["best/test_qwk"] == test_metrics["qwk"]
+    assert test_metrics["qwk_lo"] <= test_metrics["qwk"] <= test_metrics["qwk_hi"]
+    assert "referable_ece" not in test_metrics  # a score, not a probability
+    assert logged.tags["variant"] == (
+        "resnet18-scratch, regression, progressive sampling, flips TTA, both eyes"
+    )
+
+    # the two variants, paired on the same 16 test images: a verdict and the forest plot
+    out = run(["retino", "compare", "--out", "cmp"], dvc_project, env, timeout=300)
+    (line,) = [v for v in out.splitlines() if " vs " in v]
+    assert ": QWK " in line and ("is better" in line or "no difference shown" in line)
+    assert "16 test images" in out
+    with Image.open(dvc_project / "cmp" / "forest.png") as img:
+        assert img.format == "PNG"
 
     # predict on a folder holding both eyes of each patient: each is blended with its fellow;
     # the run's logged model grades as best.pt does (its metadata holds the calibration)
@@ -128,3 +162,8 @@ def test_dvc_repro_on_other_layouts(tmp_path, layout):
     predictions = (dvc_project / "reports/eval/predictions.csv").read_text().splitlines()
     folder = {"kaggle": "test/", "aptos": "train_images/"}[layout]
     assert all(line.split(",")[0].startswith(folder) for line in predictions[1:])
+    # APTOS names no patients: its intervals resample images, and say so
+    test_metrics = json.loads((dvc_project / "reports/eval/metrics.json").read_text())
+    unit = {"kaggle": "patient", "aptos": "image"}[layout]
+    assert test_metrics["bootstrap_unit"] == unit
+    assert test_metrics["qwk_lo"] <= test_metrics["qwk"] <= test_metrics["qwk_hi"]

@@ -21,6 +21,7 @@ class RunRecord:
     params: dict[str, str]
     metrics: dict[str, float]
     dvc_exp_name: str = ""
+    data_md5: str = ""  # the data version evaluated on (data.dvc's md5)
 
     def named(self, names: set[str]) -> set[str]:
         """Which of `names` refer to this run: its id, run name or DVC experiment name."""
@@ -39,7 +40,7 @@ def list_runs(
         )
     records = [
         RunRecord(r.info.run_id, r.info.run_name, r.info.status, r.data.params, r.data.metrics,
-                  r.data.tags.get("dvc_exp_name", ""))
+                  r.data.tags.get("dvc_exp_name", ""), r.data.tags.get("data_md5", ""))
         for r in _all_runs(store, experiment_id)
     ]  # fmt: skip
     if run_ids:

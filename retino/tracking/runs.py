@@ -86,6 +86,9 @@ class Run:
             if epoch not in steps:
                 self.log_metrics(metrics, step=epoch)
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self._guard.call(lambda: mlflow.set_tags(tags))
+
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self._guard.call(lambda: mlflow.log_artifact(str(path), artifact_path))
 
@@ -188,6 +191,7 @@ def run_tags(cfg_flat: dict[str, Any]) -> dict[str, str]:
         "data_md5": data_version(DATA_DVC),
         "arch": str(cfg_flat["arch"]),
         "pretrained": str(cfg_flat["pretrained"]),
+        "variant": variant_name(cfg_flat),
         **{key: str(cfg_flat[key]) for key in SETUP_KEYS},
     }
     tags["mlflow.note.content"] = describe(cfg_flat, tags["data_md5"], tags["dvc_exp_name"])
@@ -214,6 +218,14 @@ def describe(cfg_flat: dict[str, Any], data_md5: str, exp_name: str) -> str:
     if exp_name:
         parts.append(f"DVC experiment {exp_name}")
     return "; ".join(p for p in parts if p)
+
+
+def variant_name(cfg_flat: dict[str, Any]) -> str:
+    """The run's `variant` tag, shared by runs that differ only in `seed`, for the UI's "Group by":
+    the run name without its experiment suffix, and the recipe where it is not the lab's
+    ('resnet18-scratch', 'resnet18-scratch, regression, flips TTA')."""
+    return ", ".join(filter(None, (variant(cfg_flat["arch"], cfg_flat["pretrained"]),
+                                   recipe(cfg_flat))))  # fmt: skip
 
 
 def run_name(cfg_flat: dict[str, Any]) -> str:

@@ -83,3 +83,12 @@ def test_runs_from_the_source_tree_without_mlflow_or_dvc(tiny_source):
     imported = [line for line in proc.stderr.splitlines() if line.startswith("import time:")]
     assert len(imported) > 100  # -X importtime did report
     assert not [line for line in imported if "mlflow" in line or "dvc" in line]
+
+
+def test_bench_intervals_times_the_bootstrap_against_the_plain_loop(capsys):
+    assert main(["bench", "intervals", "--images", "400", "--resamples", "50", "--loop", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("retino bench intervals: 400 test images, 200 patients, 50 resamples")
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["patients"] == 200 and result["vectorised_s"] > 0
+    assert result["ratio"] > 1  # even at this size the loop over resamples is slower

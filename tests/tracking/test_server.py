@@ -55,7 +55,7 @@ def test_dvc_repro_logs_to_a_tracking_server(server, tmp_path, tiny_source):
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert artifacts == {"eval", "figures", "history.csv", "images"}
     figures = {a.path for a in client.list_artifacts(run_id, "figures")}
-    assert figures == {"figures/curves.png", "figures/confusion.png"}
+    assert figures == {"figures/curves.png", "figures/confusion.png", "figures/reliability.png"}
     fetched = client.download_artifacts(run_id, "eval/metrics.json", str(tmp_path))
     assert json.loads(Path(fetched).read_text()) == test_metrics
     (model,) = client.search_logged_models([experiment.experiment_id])
