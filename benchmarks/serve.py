@@ -1,0 +1,232 @@
+"""`retino bench serve`: the logged model behind `mlflow models serve`, under a bounded load, and
+`retino predict` on the same photographs and cores, in one run.
+
+- the model: the committed params' network (`--arch`, `--size`; untrained weights, which cost
+  the same to run) saved as best.pt and logged as the train step logs it (`Run.log_model`) into
+  a store in a temporary folder, registered, and served as models:/retino-bench@serve with
+  `mlflow models serve --env-manager local --workers N` on 127.0.0.1;
+- the load: `--requests` POSTs, `--concurrency` at a time, each one camera-sized photograph
+  (`retino synth --frame`; `--distinct` different ones, sent in turn) as base64 in a
+  `dataframe_split` request, after a warm-up round of `--concurrency` requests. Each answer is
+  checked: HTTP 200 and a graded row with an empty `error`. The server's resident memory (its
+  whole process tree) is read when it is up, after the warm-up and at the end;
+- the reference: `predict_images`, what `retino predict` runs, on the same photographs (the same
+  list of `--requests` files) in this process, with the loader workers retino predict picks,
+  while the server idles.
+The machine may be shared: `--rounds` alternate the two, and the ratio compares the fastest
+round of each, the least disturbed; every round is in the table, with the load it met.
+
+stdout: the table, then one JSON line (always the last). Progress goes to stderr.
+"""
+
+import base64
+import contextlib
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import psutil
+
+from benchmarks.machine import cpu_description
+from benchmarks.stages import config
+from retino.errors import RetinoError
+from retino.synth import synthesize
+from retino.synth.checks import parse_frame
+
+NAME, ALIAS = "retino-bench", "serve"
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]  # any mean/std costs the same
+
+
+def bench_serve(
+    requests: int, concurrency: int, frame: str, distinct: int, workers: int, arch: str,
+    size: int, rounds: int,
+) -> dict:  # fmt: skip
+    from retino.tracking.server import model_server
+
+    with tempfile.TemporaryDirectory(prefix="retino-bench-serve-") as tmp:
+        root = Path(tmp)
+        width, height = parse_frame(frame)
+        print(f"writing {distinct} frames of {width}x{height}", file=sys.stderr)
+        synthesize(root / "data", n_train=distinct, n_test=1, size=None, seed=0,
+                   frame=(width, height))  # fmt: skip
+        photos = sorted((root / "data" / "images").iterdir())[:distinct]
+        paths = [photos[i % distinct] for i in range(requests)]
+        bodies = [_body(photos[i % distinct]) for i in range(requests)]
+        best = _checkpoint(root, arch, size)
+        # the store of this benchmark, for us and the server: never the project's or a team's
+        store = {"MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db"}
+        with mock.patch.dict(os.environ, store):
+            uri = _log_and_register(root, best)
+        log = root / "server.log"
+        print(f"serving {uri}, {workers} worker(s)", file=sys.stderr)
+        start = time.perf_counter()
+        served, predicted, rss, load = [], [], [], []
+        try:
+            with (
+                mock.patch.dict(os.environ, store),
+                open(log, "w") as out,
+                model_server(uri, _free_port(), workers, out) as server,
+            ):
+                up_s = time.perf_counter() - start
+                rss.append(_tree_mb(server.process.pid))
+                _load(server.url, bodies[:concurrency], concurrency)  # warm-up
+                rss.append(_tree_mb(server.process.pid))
+                # the machine may be shared: the two paths take turns, each round
+                for r in range(rounds):
+                    print(f"round {r + 1} of {rounds}", file=sys.stderr)
+                    load.append(os.getloadavg()[0])
+                    predicted.append(_predict(best, paths))  # the server idles meanwhile
+                    print(f"  {requests} requests, {concurrency} at a time", file=sys.stderr)
+                    served.append(_load(server.url, bodies, concurrency))
+                    rss.append(_tree_mb(server.process.pid))
+                load.append(os.getloadavg()[0])
+        except RetinoError:
+            print(log.read_text()[-3000:], file=sys.stderr)
+            raise
+    return _report(requests, concurrency, (width, height), distinct, workers, arch, size, up_s,
+                   served, predicted, rss, load)  # fmt: skip
+
+
+def _checkpoint(root: Path, arch: str, size: int) -> Path:
+    """best.pt of the committed params' network at `size` px, untrained."""
+    from retino.training import checkpoint
+    from retino.training.models import build_model
+
+    cfg = config({"arch": arch, "size": size})
+    state = checkpoint.Checkpoint(
+        model=build_model(cfg.arch, outputs=5).state_dict(), config=cfg.to_dict(),
+        normalisation={"mean": MEAN, "std": STD}, epoch=1, best_epoch=1, history=[], tag="bench",
+        thresholds=None, eye_weight=None,
+    )  # fmt: skip
+    path = root / "best.pt"
+    checkpoint.save(state, path)
+    return path
+
+
+def _log_and_register(root: Path, best: Path) -> str:
+    """Log best.pt as the train step does, into a store in `root`; register it. Its URI."""
+    from retino.tracking.registry import register_model
+    from retino.tracking.runs import open_run
+    from retino.tracking.store import open_store
+
+    with open_run(root, name="bench-serve") as run:
+        run.log_model(best, "resnet-bench", [f"p{g}" for g in range(5)], False, {})
+    store, _ = open_store(root)
+    register_model(store, run.run_id, NAME, ALIAS)
+    return f"models:/{NAME}@{ALIAS}"
+
+
+def _predict(best: Path, paths: list[Path]) -> dict:
+    """`retino predict`'s grading of `paths`: images/s, and how many were not graded."""
+    from retino.evaluation.predict import load_predictor, predict_images
+
+    pred = load_predictor(str(best), "cpu")
+    print(f"  retino predict: {len(paths)} images", file=sys.stderr)
+    start = time.perf_counter()
+    _, failed = predict_images(pred, paths)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "rate": len(paths) / seconds,
+            "failed": len(failed)}  # fmt: skip
+
+
+def _body(path: Path) -> bytes:
+    image = base64.b64encode(path.read_bytes()).decode()
+    data = {"columns": ["id", "image"], "data": [[path.stem, image]]}
+    return json.dumps({"dataframe_split": data}).encode()
+
+
+def _load(url: str, bodies: list[bytes], concurrency: int) -> dict:
+    """POST every body, `concurrency` at a time: latencies, wall time, failed requests."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def post(body: bytes) -> tuple[float, str]:
+        request = urllib.request.Request(url + "/invocations", data=body,
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        start = time.perf_counter()
+        try:
+            with opener.open(request, timeout=120) as response:
+                rows = json.loads(response.read())["predictions"]
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            return time.perf_counter() - start, str(err)
+        problem = "" if len(rows) == 1 and rows[0]["grade"] is not None else str(rows)[:200]
+        return time.perf_counter() - start, problem
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        answers = list(pool.map(post, bodies))
+    wall = time.perf_counter() - start
+    latency = np.array([a[0] for a in answers])
+    errors = [a[1] for a in answers if a[1]]
+    for error in errors[:3]:
+        print(f"  failed: {error}", file=sys.stderr)
+    p50, p95 = np.percentile(latency, [50, 95]).tolist()
+    return {"seconds": wall, "rate": len(bodies) / wall, "errors": len(errors), "p50": p50,
+            "p95": p95}  # fmt: skip
+
+
+def _tree_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants, MB."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return float("nan")
+    total = 0
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):  # a worker that ended in between
+            total += proc.memory_info().rss
+    return total / 1e6
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _report(requests, concurrency, frame, distinct, workers, arch, size, up_s, served,
+            predicted, rss, load) -> dict:  # fmt: skip
+    fast_served = max(served, key=lambda r: r["rate"])
+    fast_predict = max(predicted, key=lambda r: r["rate"])
+    ratio = fast_served["rate"] / fast_predict["rate"]
+    lines = [
+        f"retino bench serve: {requests} requests of one {frame[0]}x{frame[1]} photograph "
+        f"({distinct} different), {concurrency} at a time; {arch} at {size} px; "
+        f"{cpu_description()}",
+        f"mlflow models serve --workers {workers}: up in {up_s:.1f} s",
+        "",
+        f"{'round':<7}{'path':<22}{'images/s':>9}{'p50 s':>8}{'p95 s':>8}{'errors':>8}{'load':>7}",
+    ]
+    for r, (pred, serve) in enumerate(zip(predicted, served, strict=True)):
+        lines.append(f"{r + 1:<7}{'retino predict':<22}{pred['rate']:>9.1f}{'':>16}"
+                     f"{pred['failed']:>8}{load[r]:>7.2f}")  # fmt: skip
+        lines.append(f"{r + 1:<7}{'served':<22}{serve['rate']:>9.1f}{serve['p50']:>8.3f}"
+                     f"{serve['p95']:>8.3f}{serve['errors']:>8}")  # fmt: skip
+    rounds = ", ".join(f"{v:.0f}" for v in rss[2:])
+    lines += [
+        "",
+        f"served / retino predict, fastest rounds: {ratio:.2f}",
+        f"server RSS (process tree), MB: {rss[0]:.0f} up, {rss[1]:.0f} after the warm-up, "
+        f"after each round {rounds}",
+        f"load average (1 min) at the end: {load[-1]:.2f}",
+    ]
+    print("\n".join(lines))
+    result = {
+        "requests": requests, "concurrency": concurrency, "workers": workers,
+        "served_images_per_s": round(fast_served["rate"], 2),
+        "predict_images_per_s": round(fast_predict["rate"], 2), "ratio": round(ratio, 3),
+        "p50_s": round(fast_served["p50"], 4), "p95_s": round(fast_served["p95"], 4),
+        "errors": sum(r["errors"] for r in served), "rss_mb": [round(v, 1) for v in rss],
+        "up_s": round(up_s, 1), "load": [round(v, 2) for v in load],
+    }  # fmt: skip
+    print(json.dumps(result), flush=True)
+    return result
