@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the model's image size (default 112, the demo's)")  # fmt: skip
     q.add_argument("--rounds", type=_positive, default=2,
                    help="turns of retino predict and the load (default 2)")  # fmt: skip
+    q.add_argument("--near-limit", type=_count, default=2, metavar="N",
+                   help="rounds of 4 requests just under the size limit (default 2)")  # fmt: skip
     return parser
 
 
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.serve import bench_serve
 
         bench_serve(args.requests, args.concurrency, args.frame, args.distinct, args.workers,
-                    args.arch, args.size, args.rounds)  # fmt: skip
+                    args.arch, args.size, args.rounds, args.near_limit)  # fmt: skip
         return 0
     from benchmarks.bench import bench_input, bench_train  # torch: after the arguments parse
 

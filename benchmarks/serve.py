@@ -15,6 +15,8 @@
   while the server idles.
 The machine may be shared: `--rounds` alternate the two, and the ratio compares the fastest
 round of each, the least disturbed; every round is in the table, with the load it met.
+Last, `--near-limit` rounds of 4 requests at once, each just under the request limit (63 MB of
+base64 that is no image): the server's memory after each, which must level off.
 
 stdout: the table, then one JSON line (always the last). Progress goes to stderr.
 """
@@ -44,11 +46,12 @@ from retino.synth.checks import parse_frame
 
 NAME, ALIAS = "retino-bench", "serve"
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]  # any mean/std costs the same
+NEAR_LIMIT_MB = 63  # base64 that decodes, to no image: read whole, answered with an error
 
 
 def bench_serve(
     requests: int, concurrency: int, frame: str, distinct: int, workers: int, arch: str,
-    size: int, rounds: int,
+    size: int, rounds: int, near_limit: int,
 ) -> dict:  # fmt: skip
     from retino.tracking.server import model_server
 
@@ -69,7 +72,7 @@ def bench_serve(
         log = root / "server.log"
         print(f"serving {uri}, {workers} worker(s)", file=sys.stderr)
         start = time.perf_counter()
-        served, predicted, rss, load = [], [], [], []
+        served, predicted, rss, big_rss, load = [], [], [], [], []
         try:
             with (
                 mock.patch.dict(os.environ, store),
@@ -89,11 +92,16 @@ def bench_serve(
                     served.append(_load(server.url, bodies, concurrency))
                     rss.append(_tree_mb(server.process.pid))
                 load.append(os.getloadavg()[0])
+                big = _near_limit() if near_limit else b""
+                for _ in range(near_limit):
+                    print("  4 requests just under the limit", file=sys.stderr)
+                    _load(server.url, [big] * 4, 4, check=False)
+                    big_rss.append(_tree_mb(server.process.pid))
         except RetinoError:
             print(log.read_text()[-3000:], file=sys.stderr)
             raise
     return _report(requests, concurrency, (width, height), distinct, workers, arch, size, up_s,
-                   served, predicted, rss, load)  # fmt: skip
+                   served, predicted, rss, big_rss, load)  # fmt: skip
 
 
 def _checkpoint(root: Path, arch: str, size: int) -> Path:
@@ -129,7 +137,7 @@ def _predict(best: Path, paths: list[Path]) -> dict:
     """`retino predict`'s grading of `paths`: images/s, and how many were not graded."""
     from retino.evaluation.predict import load_predictor, predict_images
 
-    pred = load_predictor(str(best), "cpu")
+    pred = load_predictor(str(best))  # the device retino predict picks, as the server does
     print(f"  retino predict: {len(paths)} images", file=sys.stderr)
     start = time.perf_counter()
     _, failed = predict_images(pred, paths)
@@ -144,8 +152,14 @@ def _body(path: Path) -> bytes:
     return json.dumps({"dataframe_split": data}).encode()
 
 
-def _load(url: str, bodies: list[bytes], concurrency: int) -> dict:
-    """POST every body, `concurrency` at a time: latencies, wall time, failed requests."""
+def _near_limit() -> bytes:
+    image = "A" * (NEAR_LIMIT_MB * 1_000_000)
+    return json.dumps({"dataframe_split": {"columns": ["image"], "data": [[image]]}}).encode()
+
+
+def _load(url: str, bodies: list[bytes], concurrency: int, check: bool = True) -> dict:
+    """POST every body, `concurrency` at a time: latencies, wall time, failed requests (with
+    `check`, a request fails unless its one row was graded)."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def post(body: bytes) -> tuple[float, str]:
@@ -157,7 +171,8 @@ def _load(url: str, bodies: list[bytes], concurrency: int) -> dict:
                 rows = json.loads(response.read())["predictions"]
         except (urllib.error.URLError, OSError, ValueError) as err:
             return time.perf_counter() - start, str(err)
-        problem = "" if len(rows) == 1 and rows[0]["grade"] is not None else str(rows)[:200]
+        graded = len(rows) == 1 and rows[0]["grade"] is not None
+        problem = "" if graded or not check else str(rows)[:200]
         return time.perf_counter() - start, problem
 
     start = time.perf_counter()
@@ -194,7 +209,7 @@ def _free_port() -> int:
 
 
 def _report(requests, concurrency, frame, distinct, workers, arch, size, up_s, served,
-            predicted, rss, load) -> dict:  # fmt: skip
+            predicted, rss, big_rss, load) -> dict:  # fmt: skip
     fast_served = max(served, key=lambda r: r["rate"])
     fast_predict = max(predicted, key=lambda r: r["rate"])
     ratio = fast_served["rate"] / fast_predict["rate"]
@@ -216,7 +231,8 @@ def _report(requests, concurrency, frame, distinct, workers, arch, size, up_s, s
         "",
         f"served / retino predict, fastest rounds: {ratio:.2f}",
         f"server RSS (process tree), MB: {rss[0]:.0f} up, {rss[1]:.0f} after the warm-up, "
-        f"after each round {rounds}",
+        f"after each round {rounds}"
+        + "".join(f", after 4 x {NEAR_LIMIT_MB} MB {v:.0f}" for v in big_rss),
         f"load average (1 min) at the end: {load[-1]:.2f}",
     ]
     print("\n".join(lines))
@@ -226,6 +242,7 @@ def _report(requests, concurrency, frame, distinct, workers, arch, size, up_s, s
         "predict_images_per_s": round(fast_predict["rate"], 2), "ratio": round(ratio, 3),
         "p50_s": round(fast_served["p50"], 4), "p95_s": round(fast_served["p95"], 4),
         "errors": sum(r["errors"] for r in served), "rss_mb": [round(v, 1) for v in rss],
+        "near_limit_rss_mb": [round(v, 1) for v in big_rss],
         "up_s": round(up_s, 1), "load": [round(v, 2) for v in load],
     }  # fmt: skip
     print(json.dumps(result), flush=True)

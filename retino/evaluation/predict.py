@@ -175,7 +175,10 @@ def grade_photos(
     `pair_keys`). unreadable: the position of every other photograph, and why (one line).
     """
     photos = pred.photos(sources)
-    loader = loader_for(photos, batch_size or pred.cfg.eval.batch_size, workers)
+    batch_size = batch_size or pred.cfg.eval.batch_size
+    # In this process (a server's, maybe): not make_loader, whose retain_freed_memory would keep
+    # every request's peak memory for good (4 x 64 MB requests at a time: +1.7 GB, growing).
+    loader = loader_for(photos, batch_size, workers) if workers else DataLoader(photos, batch_size)
     index, outputs = pred.outputs(loader, progress=progress)
     ok = index >= 0
     unreadable = {i: _read_error(photos, i) for i in np.flatnonzero(~ok).tolist()}

@@ -88,7 +88,7 @@ def test_runs_from_the_source_tree_without_mlflow_or_dvc(tiny_source):
 @pytest.mark.slow  # a real model server
 def test_bench_serve_loads_a_served_model_beside_retino_predict():
     argv = ["bench", "serve", "--requests", "6", "--concurrency", "3", "--distinct", "2",
-            "--frame", "320x240", "--size", "32", "--rounds", "1"]  # fmt: skip
+            "--frame", "320x240", "--size", "32", "--rounds", "1", "--near-limit", "1"]  # fmt: skip
     proc = subprocess.run(
         [sys.executable, "-m", "retino", *argv], cwd=ROOT, capture_output=True, text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300,
@@ -100,4 +100,5 @@ def test_bench_serve_loads_a_served_model_beside_retino_predict():
     ratio = result["served_images_per_s"] / result["predict_images_per_s"]
     assert abs(result["ratio"] - ratio) < 0.01
     assert len(result["rss_mb"]) == 3 and all(mb > 100 for mb in result["rss_mb"])
+    assert len(result["near_limit_rss_mb"]) == 1
     assert "served" in proc.stdout and "retino predict" in proc.stdout
