@@ -119,7 +119,8 @@ def test_the_logged_model_grades_photographs_as_retino_predict(project, tmp_path
     run_id = json.loads((project / "models" / "run.json").read_text())["run_id"]
     model_id = logged_model_id(existing_store(project), run_id)
     assert set(answer.run_id) == {run_id} and set(answer.model_id) == {model_id}
-    assert set(answer.model_version) == {f"{NAME}/1"}
+    (versions,) = set(answer.model_version)  # all this model's versions, other names' too
+    assert f"{NAME}/1" in versions.split(", ")
 
 
 def test_hostile_uploads_get_their_reason_and_the_rest_is_graded(project, tmp_path):
@@ -283,7 +284,7 @@ def test_mlflow_models_serve_grades_camera_frames_and_survives_hostile_uploads(
         assert (graded.referable == graded.referable_predict).all()
         for p in PROBS:  # JSON carries the 6 decimals retino predict writes
             np.testing.assert_allclose(graded[p], graded[f"{p}_predict"], rtol=0, atol=1e-6)
-        assert set(answer.model_version) == {f"{NAME}/1"}
+        assert f"{NAME}/1" in answer.model_version[0].split(", ")
 
         # over the stated limit: refused whole, with the reason; the server stays up
         huge = "A" * (logged_model.MAX_REQUEST_MB * 1_000_000 + 4)
@@ -292,4 +293,7 @@ def test_mlflow_models_serve_grades_camera_frames_and_survives_hostile_uploads(
         assert "request refused: 1 image, 64.0 MB of base64, over the limit" in body["message"]
         status, body = post(server.url, split(ids[:1], [images[ids[0]]]))
         assert status == 200 and body["predictions"][0]["error"] == ""
-    assert all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in group)
+    # stopped by its PID: the launcher's process group, uvicorn included, is gone (a SIGKILLed
+    # orphan may take a moment to die)
+    _, alive = psutil.wait_procs(group, timeout=10)
+    assert all(p.status() == psutil.STATUS_ZOMBIE for p in alive), alive
