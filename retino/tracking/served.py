@@ -55,16 +55,16 @@ def grade_request(pred: Predictor, frame: pd.DataFrame, model: dict[str, str]) -
         keys = [str(v) if _given(v) and i not in errors else "" for i, v in
                 enumerate(frame["eye_pair"])]  # fmt: skip
     graded, unreadable = grade_photos(pred, uploads, pair_keys=keys, progress=False)
-    answer = graded.drop(columns="name").reindex(range(len(frame)))
-    answer.insert(0, "id", names)
-    answer["error"] = [errors.get(i) or unreadable.get(i, "") for i in range(len(frame))]
-    for key in IDENTITY:
-        answer[key] = model[key]
-    answer["grade"] = answer["grade"].astype("Int64")
     outputs = pred.head.columns  # float32 from the network: as float64, 0.25 reads 0.25 in JSON
-    answer[outputs] = answer[outputs].astype("float64").round(6)
-    # JSON null, not NaN (which is no JSON), where a row has no grade
-    return answer.astype(object).where(answer.notna(), None).reset_index(drop=True)
+    graded[outputs] = graded[outputs].astype("float64").round(6)
+    rows = graded.drop(columns="name").to_dict("index")  # native ints, floats and strings
+    ungraded = dict.fromkeys(graded.columns.drop("name"))  # JSON null: NaN is no JSON
+    answer = [
+        {"id": name, **rows.get(i, ungraded),
+         "error": errors.get(i) or unreadable.get(i, ""), **model}
+        for i, name in enumerate(names)
+    ]  # fmt: skip
+    return pd.DataFrame(answer, columns=["id", *ungraded, "error", *IDENTITY], dtype=object)
 
 
 def _check_limits(images: pd.Series) -> None:
