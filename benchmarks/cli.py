@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the model's image size (default 112, the demo's)")  # fmt: skip
     q.add_argument("--rounds", type=_positive, default=2,
                    help="turns of retino predict and the load (default 2)")  # fmt: skip
+    q.add_argument("--threads", type=_count, default=1,
+                   help="the server's OMP_NUM_THREADS, torch's threads per request; 0: torch's "
+                   "default (default 1)")  # fmt: skip
     q.add_argument("--near-limit", type=_count, default=2, metavar="N",
                    help="rounds of 4 requests just under the size limit (default 2)")  # fmt: skip
     return parser
@@ -139,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.serve import bench_serve
 
         bench_serve(args.requests, args.concurrency, args.frame, args.distinct, args.workers,
-                    args.arch, args.size, args.rounds, args.near_limit)  # fmt: skip
+                    args.arch, args.size, args.rounds, args.near_limit,
+                    args.threads or None)  # fmt: skip
         return 0
     from benchmarks.bench import bench_input, bench_train  # torch: after the arguments parse
 

@@ -4,33 +4,39 @@
 - the model: the committed params' network (`--arch`, `--size`; untrained weights, which cost
   the same to run) saved as best.pt and logged as the train step logs it (`Run.log_model`) into
   a store in a temporary folder, registered, and served as models:/retino-bench@serve with
-  `mlflow models serve --env-manager local --workers N` on 127.0.0.1;
+  `OMP_NUM_THREADS=<--threads> mlflow models serve --env-manager local --workers N` on
+  127.0.0.1, as the README serves it;
 - the load: `--requests` POSTs, `--concurrency` at a time, each one camera-sized photograph
   (`retino synth --frame`; `--distinct` different ones, sent in turn) as base64 in a
   `dataframe_split` request, after a warm-up round of `--concurrency` requests. Each answer is
-  checked: HTTP 200 and a graded row with an empty `error`. The server's resident memory (its
-  whole process tree) is read when it is up, after the warm-up and at the end;
+  checked: HTTP 200 and a graded row with an empty `error`. Per request: the latency, and the
+  CPU time of the server's whole process tree. Its resident memory is read when it is up, after
+  the warm-up and after each round;
 - the reference: `predict_images`, what `retino predict` runs, on the same photographs (the same
   list of `--requests` files) in this process, with the loader workers retino predict picks,
-  while the server idles.
-The machine may be shared: `--rounds` alternate the two, and the ratio compares the fastest
-round of each, the least disturbed; every round is in the table, with the load it met.
-Last, `--near-limit` rounds of 4 requests at once, each just under the request limit (63 MB of
-base64 that is no image): the server's memory after each, which must level off.
+  while the server idles; its CPU time includes the workers'.
+The machine may be shared: `--rounds` alternate the two, and the images/s ratio compares the
+fastest round of each, the least disturbed; CPU time per image, which other jobs disturb less,
+compares the medians. Every round is in the table, with the load it met. Last, `--near-limit`
+rounds of 4 requests at once, each just under the request limit (63 MB of base64 that is no
+image): the server's memory after each, which must level off.
 
 stdout: the table, then one JSON line (always the last). Progress goes to stderr.
 """
 
 import base64
 import contextlib
+import gc
 import json
 import os
+import resource
 import socket
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from unittest import mock
@@ -51,7 +57,7 @@ NEAR_LIMIT_MB = 63  # base64 that decodes, to no image: read whole, answered wit
 
 def bench_serve(
     requests: int, concurrency: int, frame: str, distinct: int, workers: int, arch: str,
-    size: int, rounds: int, near_limit: int,
+    size: int, rounds: int, near_limit: int, threads: int | None,
 ) -> dict:  # fmt: skip
     from retino.tracking.server import model_server
 
@@ -77,7 +83,7 @@ def bench_serve(
             with (
                 mock.patch.dict(os.environ, store),
                 open(log, "w") as out,
-                model_server(uri, _free_port(), workers, out) as server,
+                model_server(uri, _free_port(), workers, out, threads=threads) as server,
             ):
                 up_s = time.perf_counter() - start
                 rss.append(_tree_mb(server.process.pid))
@@ -89,7 +95,8 @@ def bench_serve(
                     load.append(os.getloadavg()[0])
                     predicted.append(_predict(best, paths))  # the server idles meanwhile
                     print(f"  {requests} requests, {concurrency} at a time", file=sys.stderr)
-                    served.append(_load(server.url, bodies, concurrency))
+                    served.append(_load(server.url, bodies, concurrency,
+                                        server=server.process.pid))  # fmt: skip
                     rss.append(_tree_mb(server.process.pid))
                 load.append(os.getloadavg()[0])
                 big = _near_limit() if near_limit else b""
@@ -100,8 +107,8 @@ def bench_serve(
         except RetinoError:
             print(log.read_text()[-3000:], file=sys.stderr)
             raise
-    return _report(requests, concurrency, (width, height), distinct, workers, arch, size, up_s,
-                   served, predicted, rss, big_rss, load)  # fmt: skip
+    return _report(requests, concurrency, (width, height), distinct, workers, threads, arch, size,
+                   up_s, served, predicted, rss, big_rss, load)  # fmt: skip
 
 
 def _checkpoint(root: Path, arch: str, size: int) -> Path:
@@ -139,11 +146,20 @@ def _predict(best: Path, paths: list[Path]) -> dict:
 
     pred = load_predictor(str(best))  # the device retino predict picks, as the server does
     print(f"  retino predict: {len(paths)} images", file=sys.stderr)
+    cpu = _own_cpu()
     start = time.perf_counter()
     _, failed = predict_images(pred, paths)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "rate": len(paths) / seconds,
-            "failed": len(failed)}  # fmt: skip
+    gc.collect()  # the loader's workers end with it: their CPU time is then ours
+    cpu = _own_cpu() - cpu
+    return {"seconds": seconds, "rate": len(paths) / seconds, "failed": len(failed),
+            "cpu_ms": cpu / len(paths) * 1000}  # fmt: skip
+
+
+def _own_cpu() -> float:
+    """CPU seconds of this process and its ended children (retino predict's loader workers)."""
+    me, children = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _body(path: Path) -> bytes:
@@ -157,9 +173,12 @@ def _near_limit() -> bytes:
     return json.dumps({"dataframe_split": {"columns": ["image"], "data": [[image]]}}).encode()
 
 
-def _load(url: str, bodies: list[bytes], concurrency: int, check: bool = True) -> dict:
+def _load(
+    url: str, bodies: list[bytes], concurrency: int, check: bool = True, server: int = 0
+) -> dict:
     """POST every body, `concurrency` at a time: latencies, wall time, failed requests (with
-    `check`, a request fails unless its one row was graded)."""
+    `check`, a request fails unless its one row was graded), and the CPU time the process tree
+    of `server` (a PID) spent per request."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def post(body: bytes) -> tuple[float, str]:
@@ -175,31 +194,38 @@ def _load(url: str, bodies: list[bytes], concurrency: int, check: bool = True) -
         problem = "" if graded or not check else str(rows)[:200]
         return time.perf_counter() - start, problem
 
+    cpu = _tree_cpu(server) if server else 0.0
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         answers = list(pool.map(post, bodies))
     wall = time.perf_counter() - start
+    cpu = _tree_cpu(server) - cpu if server else 0.0
     latency = np.array([a[0] for a in answers])
     errors = [a[1] for a in answers if a[1]]
     for error in errors[:3]:
         print(f"  failed: {error}", file=sys.stderr)
     p50, p95 = np.percentile(latency, [50, 95]).tolist()
     return {"seconds": wall, "rate": len(bodies) / wall, "errors": len(errors), "p50": p50,
-            "p95": p95}  # fmt: skip
+            "p95": p95, "cpu_ms": cpu / len(bodies) * 1000}  # fmt: skip
 
 
 def _tree_mb(pid: int) -> float:
     """Resident memory of a process and all its descendants, MB."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return float("nan")
-    total = 0
-    for proc in procs:
+    return _tree_sum(pid, lambda p: p.memory_info().rss) / 1e6
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds a process and all its descendants have used."""
+    return _tree_sum(pid, lambda p: sum(p.cpu_times()[:2]))
+
+
+def _tree_sum(pid: int, measure: Callable[[psutil.Process], float]) -> float:
+    root = psutil.Process(pid)
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
         with contextlib.suppress(psutil.NoSuchProcess):  # a worker that ended in between
-            total += proc.memory_info().rss
-    return total / 1e6
+            total += measure(proc)
+    return total
 
 
 def _free_port() -> int:
@@ -208,28 +234,33 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _report(requests, concurrency, frame, distinct, workers, arch, size, up_s, served,
+def _report(requests, concurrency, frame, distinct, workers, threads, arch, size, up_s, served,
             predicted, rss, big_rss, load) -> dict:  # fmt: skip
     fast_served = max(served, key=lambda r: r["rate"])
     fast_predict = max(predicted, key=lambda r: r["rate"])
     ratio = fast_served["rate"] / fast_predict["rate"]
+    cpu_served = float(np.median([r["cpu_ms"] for r in served]))
+    cpu_predict = float(np.median([r["cpu_ms"] for r in predicted]))
     lines = [
         f"retino bench serve: {requests} requests of one {frame[0]}x{frame[1]} photograph "
         f"({distinct} different), {concurrency} at a time; {arch} at {size} px; "
         f"{cpu_description()}",
-        f"mlflow models serve --workers {workers}: up in {up_s:.1f} s",
+        f"OMP_NUM_THREADS={threads or '(unset)'} mlflow models serve --workers {workers}: "
+        f"up in {up_s:.1f} s",
         "",
-        f"{'round':<7}{'path':<22}{'images/s':>9}{'p50 s':>8}{'p95 s':>8}{'errors':>8}{'load':>7}",
+        f"{'round':<7}{'path':<16}{'images/s':>9}{'CPU ms/img':>11}{'p50 s':>7}{'p95 s':>7}"
+        f"{'errors':>7}{'load':>6}",
     ]
     for r, (pred, serve) in enumerate(zip(predicted, served, strict=True)):
-        lines.append(f"{r + 1:<7}{'retino predict':<22}{pred['rate']:>9.1f}{'':>16}"
-                     f"{pred['failed']:>8}{load[r]:>7.2f}")  # fmt: skip
-        lines.append(f"{r + 1:<7}{'served':<22}{serve['rate']:>9.1f}{serve['p50']:>8.3f}"
-                     f"{serve['p95']:>8.3f}{serve['errors']:>8}")  # fmt: skip
+        lines.append(f"{r + 1:<7}{'retino predict':<16}{pred['rate']:>9.1f}{pred['cpu_ms']:>11.1f}"
+                     f"{'':>14}{pred['failed']:>7}{load[r]:>6.2f}")  # fmt: skip
+        lines.append(f"{r + 1:<7}{'served':<16}{serve['rate']:>9.1f}{serve['cpu_ms']:>11.1f}"
+                     f"{serve['p50']:>7.3f}{serve['p95']:>7.3f}{serve['errors']:>7}")  # fmt: skip
     rounds = ", ".join(f"{v:.0f}" for v in rss[2:])
     lines += [
         "",
-        f"served / retino predict, fastest rounds: {ratio:.2f}",
+        f"served / retino predict, fastest rounds: {ratio:.2f} in images/s; "
+        f"{cpu_predict / cpu_served:.2f} in CPU time per image (medians)",
         f"server RSS (process tree), MB: {rss[0]:.0f} up, {rss[1]:.0f} after the warm-up, "
         f"after each round {rounds}"
         + "".join(f", after 4 x {NEAR_LIMIT_MB} MB {v:.0f}" for v in big_rss),
@@ -237,9 +268,11 @@ def _report(requests, concurrency, frame, distinct, workers, arch, size, up_s, s
     ]
     print("\n".join(lines))
     result = {
-        "requests": requests, "concurrency": concurrency, "workers": workers,
+        "requests": requests, "concurrency": concurrency, "workers": workers, "threads": threads,
         "served_images_per_s": round(fast_served["rate"], 2),
         "predict_images_per_s": round(fast_predict["rate"], 2), "ratio": round(ratio, 3),
+        "served_cpu_ms": round(cpu_served, 1), "predict_cpu_ms": round(cpu_predict, 1),
+        "cpu_ratio": round(cpu_predict / cpu_served, 3),
         "p50_s": round(fast_served["p50"], 4), "p95_s": round(fast_served["p95"], 4),
         "errors": sum(r["errors"] for r in served), "rss_mb": [round(v, 1) for v in rss],
         "near_limit_rss_mb": [round(v, 1) for v in big_rss],

@@ -119,9 +119,12 @@ def model_server(
     workers: int = 1,
     log: IO[Any] | None = None,
     timeout: float = START_TIMEOUT_S,
+    threads: int | None = 1,
 ) -> Iterator[Server]:
     """`mlflow models serve -m model_uri --env-manager local` on 127.0.0.1:`port`, in this
-    environment, with `workers` processes, until the block ends; yielded once /ping answers."""
+    environment, with `workers` processes, until the block ends; yielded once /ping answers.
+    `threads`: OMP_NUM_THREADS, torch's threads per request (None: torch's default, a core
+    each): requests are graded side by side, and the cores are theirs, not each one's."""
     command = [
         sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
         "--env-manager", "local", "--host", HOST, "--port", str(port), "--workers", str(workers),
@@ -129,6 +132,8 @@ def model_server(
     # the command starts `uvicorn` by name: this environment's, also when it is not activated
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**os.environ, "PATH": path}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     with _running("mlflow models serve", command, env, port, "/ping", log, timeout) as server:
         yield server
 
