@@ -98,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--frame", default="3888x2592", metavar="WxH", help="default 3888x2592")
     q.add_argument("--distinct", type=_positive, default=50,
                    help="different photographs, sent in turn (default 50)")  # fmt: skip
-    q.add_argument("--workers", type=_positive, default=1,
-                   help="mlflow models serve --workers (default 1)")  # fmt: skip
+    q.add_argument("--workers", type=_positive, default=2,
+                   help="mlflow models serve --workers (default 2, the README's)")  # fmt: skip
     q.add_argument("--arch", default="resnet18", help="default resnet18")
     q.add_argument("--size", type=_positive, default=112,
                    help="the model's image size (default 112, the demo's)")  # fmt: skip
