@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         "on the same photographs in the same run.",
     )
     q.add_argument("--requests", type=_positive, default=200, help="timed requests (default 200)")
+    q.add_argument("--per-request", type=_positive, default=1, metavar="N",
+                   help="photographs in each request (default 1)")  # fmt: skip
     q.add_argument("--concurrency", type=_positive, default=8, help="at a time (default 8)")
     q.add_argument("--frame", default="3888x2592", metavar="WxH", help="default 3888x2592")
     q.add_argument("--distinct", type=_positive, default=50,
@@ -141,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "serve":
         from benchmarks.serve import bench_serve
 
-        bench_serve(args.requests, args.concurrency, args.frame, args.distinct, args.workers,
-                    args.arch, args.size, args.rounds, args.near_limit,
+        bench_serve(args.requests, args.per_request, args.concurrency, args.frame, args.distinct,
+                    args.workers, args.arch, args.size, args.rounds, args.near_limit,
                     args.threads or None)  # fmt: skip
         return 0
     from benchmarks.bench import bench_input, bench_train  # torch: after the arguments parse

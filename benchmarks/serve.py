@@ -6,15 +6,15 @@
   a store in a temporary folder, registered, and served as models:/retino-bench@serve with
   `OMP_NUM_THREADS=<--threads> mlflow models serve --env-manager local --workers N` on
   127.0.0.1, as the README serves it;
-- the load: `--requests` POSTs, `--concurrency` at a time, each one camera-sized photograph
-  (`retino synth --frame`; `--distinct` different ones, sent in turn) as base64 in a
-  `dataframe_split` request, after a warm-up round of `--concurrency` requests. Each answer is
-  checked: HTTP 200 and a graded row with an empty `error`. Per request: the latency, and the
-  CPU time of the server's whole process tree. Its resident memory is read when it is up, after
-  the warm-up and after each round;
+- the load: `--requests` POSTs, `--concurrency` at a time, each of `--per-request` camera-sized
+  photographs (`retino synth --frame`; `--distinct` different ones, sent in turn) as base64 in
+  a `dataframe_split` request, after a warm-up round of `--concurrency` requests. Each answer is
+  checked: HTTP 200 and every row graded, with an empty `error`. Per request: the latency, and
+  the CPU time of the server's whole process tree. Its resident memory is read when it is up,
+  after the warm-up and after each round;
 - the reference: `predict_images`, what `retino predict` runs, on the same photographs (the same
-  list of `--requests` files) in this process, with the loader workers retino predict picks,
-  while the server idles; its CPU time includes the workers'.
+  list of files) in this process, with the loader workers retino predict picks, while the
+  server idles; its CPU time includes the workers'.
 The machine may be shared: `--rounds` alternate the two, and the images/s ratio compares the
 fastest round of each, the least disturbed; CPU time per image, which other jobs disturb less,
 compares the medians. Every round is in the table, with the load it met. Last, `--near-limit`
@@ -56,8 +56,8 @@ NEAR_LIMIT_MB = 63  # base64 that decodes, to no image: read whole, answered wit
 
 
 def bench_serve(
-    requests: int, concurrency: int, frame: str, distinct: int, workers: int, arch: str,
-    size: int, rounds: int, near_limit: int, threads: int | None,
+    requests: int, per_request: int, concurrency: int, frame: str, distinct: int, workers: int,
+    arch: str, size: int, rounds: int, near_limit: int, threads: int | None,
 ) -> dict:  # fmt: skip
     from retino.tracking.server import model_server
 
@@ -68,8 +68,8 @@ def bench_serve(
         synthesize(root / "data", n_train=distinct, n_test=1, size=None, seed=0,
                    frame=(width, height))  # fmt: skip
         photos = sorted((root / "data" / "images").iterdir())[:distinct]
-        paths = [photos[i % distinct] for i in range(requests)]
-        bodies = [_body(photos[i % distinct]) for i in range(requests)]
+        paths = [photos[i % distinct] for i in range(requests * per_request)]
+        bodies = [_body(paths[i : i + per_request]) for i in range(0, len(paths), per_request)]
         best = _checkpoint(root, arch, size)
         # the store of this benchmark, for us and the server: never the project's or a team's
         store = {"MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db"}
@@ -87,7 +87,7 @@ def bench_serve(
             ):
                 up_s = time.perf_counter() - start
                 rss.append(_tree_mb(server.process.pid))
-                _load(server.url, bodies[:concurrency], concurrency)  # warm-up
+                _load(server.url, bodies[:concurrency], concurrency, per_request)  # warm-up
                 rss.append(_tree_mb(server.process.pid))
                 # the machine may be shared: the two paths take turns, each round
                 for r in range(rounds):
@@ -95,20 +95,20 @@ def bench_serve(
                     load.append(os.getloadavg()[0])
                     predicted.append(_predict(best, paths))  # the server idles meanwhile
                     print(f"  {requests} requests, {concurrency} at a time", file=sys.stderr)
-                    served.append(_load(server.url, bodies, concurrency,
+                    served.append(_load(server.url, bodies, concurrency, per_request,
                                         server=server.process.pid))  # fmt: skip
                     rss.append(_tree_mb(server.process.pid))
                 load.append(os.getloadavg()[0])
                 big = _near_limit() if near_limit else b""
                 for _ in range(near_limit):
                     print("  4 requests just under the limit", file=sys.stderr)
-                    _load(server.url, [big] * 4, 4, check=False)
+                    _load(server.url, [big] * 4, 4, 1, check=False)
                     big_rss.append(_tree_mb(server.process.pid))
         except RetinoError:
             print(log.read_text()[-3000:], file=sys.stderr)
             raise
-    return _report(requests, concurrency, (width, height), distinct, workers, threads, arch, size,
-                   up_s, served, predicted, rss, big_rss, load)  # fmt: skip
+    return _report(requests, per_request, concurrency, (width, height), distinct, workers,
+                   threads, arch, size, up_s, served, predicted, rss, big_rss, load)  # fmt: skip
 
 
 def _checkpoint(root: Path, arch: str, size: int) -> Path:
@@ -162,10 +162,9 @@ def _own_cpu() -> float:
     return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
 
 
-def _body(path: Path) -> bytes:
-    image = base64.b64encode(path.read_bytes()).decode()
-    data = {"columns": ["id", "image"], "data": [[path.stem, image]]}
-    return json.dumps({"dataframe_split": data}).encode()
+def _body(paths: list[Path]) -> bytes:
+    rows = [[p.stem, base64.b64encode(p.read_bytes()).decode()] for p in paths]
+    return json.dumps({"dataframe_split": {"columns": ["id", "image"], "data": rows}}).encode()
 
 
 def _near_limit() -> bytes:
@@ -174,11 +173,12 @@ def _near_limit() -> bytes:
 
 
 def _load(
-    url: str, bodies: list[bytes], concurrency: int, check: bool = True, server: int = 0
-) -> dict:
-    """POST every body, `concurrency` at a time: latencies, wall time, failed requests (with
-    `check`, a request fails unless its one row was graded), and the CPU time the process tree
-    of `server` (a PID) spent per request."""
+    url: str, bodies: list[bytes], concurrency: int, per_request: int, check: bool = True,
+    server: int = 0,
+) -> dict:  # fmt: skip
+    """POST every body (of `per_request` photographs), `concurrency` at a time: latencies,
+    images/s, failed requests (with `check`, a request fails unless all its rows were graded),
+    and the CPU time the process tree of `server` (a PID) spent per photograph."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def post(body: bytes) -> tuple[float, str]:
@@ -190,7 +190,7 @@ def _load(
                 rows = json.loads(response.read())["predictions"]
         except (urllib.error.URLError, OSError, ValueError) as err:
             return time.perf_counter() - start, str(err)
-        graded = len(rows) == 1 and rows[0]["grade"] is not None
+        graded = len(rows) == per_request and all(r["grade"] is not None for r in rows)
         problem = "" if graded or not check else str(rows)[:200]
         return time.perf_counter() - start, problem
 
@@ -205,8 +205,9 @@ def _load(
     for error in errors[:3]:
         print(f"  failed: {error}", file=sys.stderr)
     p50, p95 = np.percentile(latency, [50, 95]).tolist()
-    return {"seconds": wall, "rate": len(bodies) / wall, "errors": len(errors), "p50": p50,
-            "p95": p95, "cpu_ms": cpu / len(bodies) * 1000}  # fmt: skip
+    images = len(bodies) * per_request
+    return {"seconds": wall, "rate": images / wall, "errors": len(errors), "p50": p50,
+            "p95": p95, "cpu_ms": cpu / images * 1000}  # fmt: skip
 
 
 def _tree_mb(pid: int) -> float:
@@ -234,16 +235,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _report(requests, concurrency, frame, distinct, workers, threads, arch, size, up_s, served,
-            predicted, rss, big_rss, load) -> dict:  # fmt: skip
+def _report(requests, per_request, concurrency, frame, distinct, workers, threads, arch, size,
+            up_s, served, predicted, rss, big_rss, load) -> dict:  # fmt: skip
     fast_served = max(served, key=lambda r: r["rate"])
     fast_predict = max(predicted, key=lambda r: r["rate"])
     ratio = fast_served["rate"] / fast_predict["rate"]
     cpu_served = float(np.median([r["cpu_ms"] for r in served]))
     cpu_predict = float(np.median([r["cpu_ms"] for r in predicted]))
     lines = [
-        f"retino bench serve: {requests} requests of one {frame[0]}x{frame[1]} photograph "
-        f"({distinct} different), {concurrency} at a time; {arch} at {size} px; "
+        f"retino bench serve: {requests} requests of {per_request} {frame[0]}x{frame[1]} "
+        f"photograph(s) ({distinct} different), {concurrency} at a time; {arch} at {size} px; "
         f"{cpu_description()}",
         f"OMP_NUM_THREADS={threads or '(unset)'} mlflow models serve --workers {workers}: "
         f"up in {up_s:.1f} s",
@@ -268,7 +269,8 @@ def _report(requests, concurrency, frame, distinct, workers, threads, arch, size
     ]
     print("\n".join(lines))
     result = {
-        "requests": requests, "concurrency": concurrency, "workers": workers, "threads": threads,
+        "requests": requests, "per_request": per_request, "concurrency": concurrency,
+        "workers": workers, "threads": threads,
         "served_images_per_s": round(fast_served["rate"], 2),
         "predict_images_per_s": round(fast_predict["rate"], 2), "ratio": round(ratio, 3),
         "served_cpu_ms": round(cpu_served, 1), "predict_cpu_ms": round(cpu_predict, 1),
