@@ -1,9 +1,11 @@
 """End to end: the whole `dvc repro` on tiny data in a fresh repo, then everything it promised."""
 
+import base64
 import json
+from pathlib import Path
 
 import mlflow.pyfunc
-import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from PIL import Image
@@ -139,9 +141,14 @@ def test_dvc_repro_end_to_end(tmp_path, tiny_source):
     rows = [line.split(",") for line in graded["models/best.pt"].splitlines()]
     assert rows[0] == ["path", "grade", "grade_name", "score", "referable", "fellow"]
     assert all(row[-1] and row[-1] != row[0] for row in rows[1:])  # every eye has its fellow
-    # the MLflow model itself: the network's one output, the score
-    x = np.zeros((2, 3, 32, 32), dtype=np.float32)
-    assert mlflow.pyfunc.load_model(f"runs:/{run_id}/resnet18-scratch").predict(x).shape == (2, 1)
+    # the MLflow model itself takes the photographs (named as the files, so the eyes pair up)
+    # and answers as retino predict did
+    paths = [Path(row[0]) for row in rows[1:5]]
+    request = pd.DataFrame({"image": [base64.b64encode((dvc_project / p).read_bytes()).decode()
+                                      for p in paths], "id": [p.name for p in paths]})  # fmt: skip
+    answer = mlflow.pyfunc.load_model(f"runs:/{run_id}/resnet18-scratch").predict(request)
+    assert [f"{s:.6f}" for s in answer.score] == [f"{float(row[3]):.6f}" for row in rows[1:5]]
+    assert list(answer.fellow) == [Path(row[-1]).name for row in rows[1:5]]
 
 
 @pytest.mark.parametrize("layout", ["kaggle", "aptos"])

@@ -113,20 +113,32 @@ class Run:
             dataset = mlflow.data.from_pandas(table, source=source, name=split, targets="label")
             self._guard.call(lambda: mlflow.log_input(dataset, context=context))
 
-    def log_model(self, model: Any, input_example: Any, name: str, metadata: dict) -> None:
-        """The model, exported (pt2) with its signature; `metadata` lands in its MLmodel file."""
-        import mlflow.pytorch  # 10 s import: only the train stage pays for it
-        import torch
-        import torchvision
+    def log_model(
+        self, checkpoint: Path, name: str, outputs: list[str], paired: bool, metadata: dict
+    ) -> None:
+        """best.pt as a model that grades photographs (retino.tracking.logged_model), with its
+        signature; `metadata` lands in its MLmodel file."""
+        from importlib.metadata import version
 
-        requirements = [f"torch=={torch.__version__.split('+')[0]}",
-                        f"torchvision=={torchvision.__version__.split('+')[0]}"]  # fmt: skip
-        self._guard.call(
-            lambda: mlflow.pytorch.log_model(
-                model, name=name, input_example=input_example, pip_requirements=requirements,
-                metadata=metadata,
-            )
-        )  # fmt: skip
+        import mlflow.pyfunc
+
+        from retino.tracking import logged_model as spec
+
+        # what the network and the image path need (a CUDA build's +cu130 is no pip version)
+        packages = ("torch", "torchvision", "pillow", "simplejpeg")
+        requirements = [f"{p}=={version(p).split('+')[0]}" for p in packages]
+        with warnings.catch_warnings():
+            # an example photograph would be megabytes of base64 in every model; the signature
+            # and the README say what a request holds
+            warnings.filterwarnings("ignore", ".*An input example was not provided")
+            self._guard.call(
+                lambda: mlflow.pyfunc.log_model(
+                    name=name, python_model=str(spec.MODEL_CODE),
+                    artifacts={spec.CHECKPOINT: str(checkpoint)},
+                    signature=spec.signature(outputs, paired), pip_requirements=requirements,
+                    metadata={spec.FORMAT_KEY: spec.FORMAT, **metadata},
+                )
+            )  # fmt: skip
 
 
 @contextlib.contextmanager
