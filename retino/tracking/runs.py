@@ -241,12 +241,14 @@ def variant_name(cfg_flat: dict[str, Any]) -> str:
 
 
 def run_name(cfg_flat: dict[str, Any]) -> str:
-    """<arch>-<pretrained|scratch>-<DVC experiment name, or the short git sha outside one>."""
+    """<arch>-<pretrained|scratch>-<DVC experiment name, or the short git sha outside one>; an
+    experiment already named after its variant (a sweep's resnet18-pretrained-seed=1) alone."""
+    prefix = variant(cfg_flat["arch"], cfg_flat["pretrained"])
     suffix = (
         os.environ.get("DVC_EXP_NAME")
         or (git(Path.cwd(), "rev-parse", "--short", "HEAD") or "nogit")[:7]
     )
-    return f"{variant(cfg_flat['arch'], cfg_flat['pretrained'])}-{suffix}"
+    return suffix if suffix == prefix or suffix.startswith(f"{prefix}-") else f"{prefix}-{suffix}"
 
 
 def data_version(dvc_file: Path) -> str:
