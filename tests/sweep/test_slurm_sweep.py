@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from retino.errors import RetinoError
-from retino.sweep.slurm import submit
+from retino.sweep.slurm import submit, task_states
 from tests.dvc_project import make_project, project_env, run
 from tests.sweep.cluster import Cluster, slurm_cluster
 from tests.tracking.test_server import free_port, server  # noqa: F401 (a fixture)
@@ -68,8 +68,18 @@ def wait_for(condition, what: str, timeout: float = TIMEOUT_S, every: float = 0.
         time.sleep(every)
 
 
-def job_done(job: str, cluster: Cluster) -> bool:
-    return not slurm(["squeue", "--jobs", job, "--noheader", "--array"], cluster).strip()
+# a task in any other state may still run: a requeued one passes through REQUEUED and PENDING,
+# which plain squeue does not always list
+ENDED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
+         "DEADLINE"}  # fmt: skip
+
+
+def job_done(job: str, cluster: Cluster, tasks: set[int]) -> bool:
+    """Every task of the array has ended, as `retino sweep --status` reads Slurm."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SLURM_CONF", cluster.env["SLURM_CONF"])
+        states = task_states(job)
+    return set(states) >= tasks and all(states[t] in ENDED for t in tasks)
 
 
 def runs_by_cell(url: str, commit: str) -> dict[str, mlflow.entities.Run]:
@@ -118,13 +128,13 @@ def test_a_grid_as_a_job_array(server, cluster, tmp_path, tiny_source):  # noqa:
             if (sweeps / CELLS[index] / "checkpoints" / "run.json").exists():
                 slurm([*cmd, f"{job}_{index}"], cluster)
                 del pending[index]
-        if pending and next(polls) % 50 == 49 and job_done(job, cluster):
+        if pending and next(polls) % 50 == 49 and job_done(job, cluster, set(range(4))):
             logs = "".join(p.read_text()[-3000:] for p in sorted(sweeps.glob("slurm-*.out")))
             raise AssertionError(f"job {job} ended before tasks {sorted(pending)} trained\n{logs}")
         return not pending
 
     wait_for(act_on_training, "both tasks to train", every=0.1)
-    wait_for(lambda: job_done(job, cluster), f"job {job} to end")
+    wait_for(lambda: job_done(job, cluster, set(range(4))), f"job {job} to end")
     first = time.monotonic() - start
     logs = {i: (sweeps / f"slurm-{job}_{i}.out").read_text() for i in range(4)}
 
@@ -132,7 +142,10 @@ def test_a_grid_as_a_job_array(server, cluster, tmp_path, tiny_source):  # noqa:
     assert sorted(runs) == sorted(CELLS)
     states = {cell: r.info.status for cell, r in runs.items()}
     killed = CELLS[CANCELLED]
-    assert states == {c: "KILLED" if c == killed else "FINISHED" for c in CELLS}, logs[CANCELLED]
+    expected = {c: "KILLED" if c == killed else "FINISHED" for c in CELLS}
+    assert states == expected, "\n".join(
+        logs[i] for i, c in enumerate(CELLS) if states[c] != expected[c]
+    )
     assert pushed(project, remote, commit, env) == set(CELLS) - {killed}
     # the requeued task ran twice, the second time in its copy, into the same run
     assert logs[REQUEUED].count("a new copy of") == 1, logs[REQUEUED]
@@ -150,7 +163,7 @@ def test_a_grid_as_a_job_array(server, cluster, tmp_path, tiny_source):  # noqa:
     assert "1 to run, 3 already pushed" in out, out
     again = re.search(r"submitted job (\d+)", out)[1]
     assert f"#SBATCH --array={CANCELLED}\n" in (sweeps / f"job-{again}.sbatch").read_text()
-    wait_for(lambda: job_done(again, cluster), f"job {again} to end")
+    wait_for(lambda: job_done(again, cluster, {CANCELLED}), f"job {again} to end")
     second = time.monotonic() - start
     log = (sweeps / f"slurm-{again}_{CANCELLED}.out").read_text()
     assert f"{killed}: continuing in" in log, log
