@@ -1,4 +1,8 @@
-"""Classification metrics for the 5-grade DR task, all computed with scikit-learn.
+"""Classification metrics for the 5-grade DR task, computed as scikit-learn computes them.
+
+Accuracy, QWK and the confusion matrix, which every training epoch needs, are scikit-learn's
+formulas written out in numpy (the same floats, tests/test_metrics.py checks): importing
+scikit-learn costs ~0.7 s, a share of a small run. The full report imports it when called.
 
 Every function takes plain arrays (numpy, lists, or anything `np.asarray` understands) and
 returns plain Python floats, so the results go straight into JSON files and MLflow.
@@ -17,25 +21,15 @@ Conventions
   that predicts only grade 0 on a mixed set gets exactly 0.0 from scikit-learn anyway.
 """
 
-import math
 import warnings
 
 import numpy as np
-from sklearn.exceptions import UndefinedMetricWarning
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    cohen_kappa_score,
-    confusion_matrix,
-    f1_score,
-    precision_recall_fscore_support,
-    recall_score,
-    roc_auc_score,
-)
 
 from retino.grades import NUM_CLASSES, REFERABLE_GRADE
 
 _LABELS = list(range(NUM_CLASSES))
+_GRADES = np.arange(float(NUM_CLASSES))
+_WEIGHTS = np.subtract.outer(_GRADES, _GRADES) ** 2  # quadratic disagreement, as floats
 
 
 def _grades(values, name: str) -> np.ndarray:
@@ -61,15 +55,23 @@ def _pair(labels, preds) -> tuple[np.ndarray, np.ndarray]:
     return y, p
 
 
+def _counts(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """5x5 int64 confusion counts, rows true, columns predicted."""
+    return np.bincount(y * NUM_CLASSES + p, minlength=NUM_CLASSES**2).reshape(
+        NUM_CLASSES, NUM_CLASSES
+    )
+
+
 def _qwk(y: np.ndarray, p: np.ndarray) -> float:
-    """Quadratic weighted kappa; 0.0 where it is undefined (see the module docstring)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UndefinedMetricWarning)
-        kappa = cohen_kappa_score(
-            y, p, weights="quadratic", labels=_LABELS, replace_undefined_by=0.0
-        )
-    kappa = float(kappa)
-    return 0.0 if math.isnan(kappa) else kappa
+    """Quadratic weighted kappa, step for step as scikit-learn's `cohen_kappa_score(y, p,
+    weights="quadratic", labels=range(5))`; 0.0 where it is undefined (module docstring)."""
+    observed = _counts(y, p).astype(np.float64)
+    sum0, sum1 = observed.sum(axis=0), observed.sum(axis=1)
+    expected = np.outer(sum0, sum1) / sum0.sum()
+    chance = np.sum(_WEIGHTS * expected)
+    if chance == 0:  # a sum of non-negative terms: exact
+        return 0.0
+    return float(1 - np.sum(_WEIGHTS * observed) / chance)
 
 
 def quick_metrics(labels, preds) -> dict[str, float]:
@@ -79,7 +81,11 @@ def quick_metrics(labels, preds) -> dict[str, float]:
     history columns ``train_acc`` / ``val_acc`` / ``test_acc``.
     """
     y, p = _pair(labels, preds)
-    return {"acc": float(accuracy_score(y, p)), "qwk": _qwk(y, p)}
+    return {"acc": _accuracy(y, p), "qwk": _qwk(y, p)}
+
+
+def _accuracy(y: np.ndarray, p: np.ndarray) -> float:
+    return float(np.average(y == p))  # scikit-learn's accuracy_score
 
 
 def classification_metrics(labels, probs) -> dict[str, float]:
@@ -113,6 +119,14 @@ def grading_metrics(labels, preds, referable_score) -> dict[str, float]:
     """`classification_metrics` of predicted grades, whatever made them: `referable_score` (N,)
     is any score that orders the images by how likely they are referable — P(grade >= 2), or a
     regression head's continuous grade — and only the referable AUC uses it."""
+    from sklearn.metrics import (  # ~0.7 s: only where the full report is made
+        balanced_accuracy_score,
+        f1_score,
+        precision_recall_fscore_support,
+        recall_score,
+        roc_auc_score,
+    )
+
     y, p = _pair(labels, preds)
     ref_score = np.asarray(referable_score, dtype=np.float64)
     if ref_score.shape != y.shape or not np.all(np.isfinite(ref_score)):
@@ -127,7 +141,7 @@ def grading_metrics(labels, preds, referable_score) -> dict[str, float]:
         y, p, labels=_LABELS, average=None, zero_division=0
     )
     out = {
-        "accuracy": float(accuracy_score(y, p)),
+        "accuracy": _accuracy(y, p),
         "balanced_accuracy": float(balanced),
         "qwk": _qwk(y, p),
         "macro_f1": float(f1_score(y, p, labels=_LABELS, average="macro", zero_division=0)),
@@ -152,8 +166,7 @@ def grading_metrics(labels, preds, referable_score) -> dict[str, float]:
 
 def confusion(labels, preds) -> np.ndarray:
     """5x5 int64 confusion matrix: rows = true grade, columns = predicted grade."""
-    y, p = _pair(labels, preds)
-    return confusion_matrix(y, p, labels=_LABELS).astype(np.int64)
+    return _counts(*_pair(labels, preds))
 
 
 def normalise_rows(cm) -> np.ndarray:

@@ -1,13 +1,12 @@
 """evaluate: run the selected checkpoint once over the test split; log best/test_* to the run."""
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 from retino.config import load_config
 from retino.data.splits import read_split
-from retino.errors import exit_on_error
+from retino.errors import exit_on_error, exit_process
 from retino.tracking.store import check_server, project_root
 
 OUTPUTS = ("metrics.json", "predictions.csv", "confusion.json")
@@ -58,4 +57,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -2,14 +2,13 @@
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from retino.errors import exit_on_error
+from retino.errors import exit_on_error, exit_process
 from retino.evaluation.plots import plot_confusion, plot_confusion_grid, plot_curves
 from retino.tracking.runs import open_run, read_run_file
 from retino.tracking.store import check_server, project_root
@@ -44,4 +43,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 from sklearn.exceptions import UndefinedMetricWarning
-from sklearn.metrics import accuracy_score, cohen_kappa_score
+from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix
 
 from retino.grades import NUM_CLASSES
 from retino.metrics import (
@@ -87,6 +87,25 @@ def test_undefined_kappa_is_zero_not_nan():
     m = classification_metrics(labels, one_hot_probs(labels))
     assert m["qwk"] == 0.0
     assert_plain_json(m)
+
+
+def test_per_epoch_metrics_are_scikit_learns_to_the_last_bit():
+    # written out in numpy so that training need not import scikit-learn: model selection
+    # compares these floats, so they must be exactly scikit-learn's, not merely close
+    rng = np.random.default_rng(0)
+    for n in [1, 2, 3, 7, 50, 333, 2000] * 20:
+        labels = rng.choice(NUM_CLASSES, n, p=[0.7, 0.1, 0.1, 0.05, 0.05])
+        preds = np.where(rng.random(n) < 0.6, labels, rng.integers(0, rng.integers(1, 6), n))
+        m = quick_metrics(labels, preds)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UndefinedMetricWarning)
+            kappa = cohen_kappa_score(labels, preds, weights="quadratic", labels=range(5))
+        assert m["qwk"] == (0.0 if math.isnan(kappa) else kappa)
+        assert m["acc"] == accuracy_score(labels, preds)
+        assert classification_metrics(labels, one_hot_probs(preds))["qwk"] == m["qwk"]
+        assert np.array_equal(
+            confusion(labels, preds), confusion_matrix(labels, preds, labels=range(5))
+        )
 
 
 def test_off_by_one_has_high_kappa_but_low_accuracy():
