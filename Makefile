@@ -20,6 +20,7 @@ demo: setup
 	dvc repro
 	@echo "metrics:" && cat reports/eval/metrics.json
 	@echo "figures: reports/figures/  runs: make ui"
+	retino compare --out reports/compare
 
 lint: setup
 	ruff check .

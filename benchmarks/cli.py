@@ -38,6 +38,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--batches", type=_positive, default=10, help="timed per path (default 10)")
     q.add_argument("--compile", action="store_true", help="retino's model via torch.compile")
     q = what.add_parser(
+        "intervals",
+        help="the evaluate stage's bootstrap intervals against a loop over resamples",
+    )
+    q.add_argument(
+        "--images",
+        type=_positive,
+        default=43_000,
+        help="test images, two per patient (default 43000: EyePACS' Private split)",
+    )
+    q.add_argument("--resamples", type=_positive, default=1000, help="default 1000")
+    q.add_argument("--loop", type=_positive, default=10,
+                   help="resamples the plain loop is timed over (default 10)")  # fmt: skip
+    q = what.add_parser(
         "scale",
         help="how every stage's time and memory grow with the data and the runs",
         description=f"Defaults: {_preset(FULL)} (8-12 minutes on 2 busy cores).",
@@ -113,6 +126,32 @@ def build_parser() -> argparse.ArgumentParser:
         "repeat it to time several in turn on the same data",
     )  # fmt: skip
     q.add_argument("--repeat", type=_positive, default=1, help="rounds, fastest kept (default 1)")
+    q = what.add_parser(
+        "serve",
+        help="mlflow models serve under a bounded load, against retino predict",
+        description="The logged model served on 127.0.0.1, camera-sized photographs POSTed "
+        "concurrently; latency, images/s, errors and the server's memory, and retino predict "
+        "on the same photographs in the same run.",
+    )
+    q.add_argument("--requests", type=_positive, default=200, help="timed requests (default 200)")
+    q.add_argument("--per-request", type=_positive, default=1, metavar="N",
+                   help="photographs in each request (default 1)")  # fmt: skip
+    q.add_argument("--concurrency", type=_positive, default=8, help="at a time (default 8)")
+    q.add_argument("--frame", default="3888x2592", metavar="WxH", help="default 3888x2592")
+    q.add_argument("--distinct", type=_positive, default=50,
+                   help="different photographs, sent in turn (default 50)")  # fmt: skip
+    q.add_argument("--workers", type=_positive, default=2,
+                   help="mlflow models serve --workers (default 2, the README's)")  # fmt: skip
+    q.add_argument("--arch", default="resnet18", help="default resnet18")
+    q.add_argument("--size", type=_positive, default=112,
+                   help="the model's image size (default 112, the demo's)")  # fmt: skip
+    q.add_argument("--rounds", type=_positive, default=2,
+                   help="turns of retino predict and the load (default 2)")  # fmt: skip
+    q.add_argument("--threads", type=_count, default=1,
+                   help="the server's OMP_NUM_THREADS, torch's threads per request; 0: torch's "
+                   "default (default 1)")  # fmt: skip
+    q.add_argument("--near-limit", type=_count, default=2, metavar="N",
+                   help="rounds of 4 requests just under the size limit (default 2)")  # fmt: skip
     return parser
 
 
@@ -150,6 +189,18 @@ def main(argv: list[str] | None = None) -> int:
             args.train, args.test, frame, args.px, args.size, args.epochs, args.arch,
             args.batch_size, args.seed, [p.resolve() for p in args.source or [ROOT]], args.repeat,
         )  # fmt: skip
+        return 0
+    if args.what == "intervals":
+        from benchmarks.intervals import bench_intervals  # no torch
+
+        bench_intervals(args.images, args.resamples, args.loop)
+        return 0
+    if args.what == "serve":
+        from benchmarks.serve import bench_serve
+
+        bench_serve(args.requests, args.per_request, args.concurrency, args.frame, args.distinct,
+                    args.workers, args.arch, args.size, args.rounds, args.near_limit,
+                    args.threads or None)  # fmt: skip
         return 0
     from benchmarks.bench import bench_input, bench_train  # torch: after the arguments parse
 

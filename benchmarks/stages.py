@@ -140,8 +140,9 @@ def train(args: dict) -> Work:
 
 def evaluate(args: dict) -> Work:
     """The evaluate stage's prediction and reports over the cached test split (`evaluate_test`:
-    predictions, metrics, predictions.csv), with an untrained model; MLflow logging and the
-    10-image Grad-CAM gallery, whose cost does not grow with the data, are left out."""
+    predictions, metrics with their bootstrap intervals, predictions.csv), with an untrained
+    model; MLflow logging and the 10-image Grad-CAM gallery, whose cost does not grow with the
+    data, are left out."""
     import torch
 
     from retino.data.dataset import CachedSplit
@@ -169,7 +170,7 @@ def evaluate(args: dict) -> Work:
         model(transform(images))
 
     def work() -> int:
-        evaluate_test(predictor, cached, work_dir / "eval")
+        evaluate_test(predictor, cached, work_dir / "eval", cfg.eval.bootstrap, cfg.seed)
         return len(cached)
 
     return work
@@ -222,17 +223,20 @@ def _log_run(root: Path, number: int, flat: dict, tables: dict, tmp: Path) -> No
         run.log_metrics(test_metrics({"qwk": 0.7, "accuracy": 0.85, "majority_accuracy": 0.735}))
         counts = [[30 if i == j else 1 for j in range(5)] for i in range(5)]
         (tmp / "confusion.json").write_text(json.dumps({"counts": counts}))
-        tables["test"].assign(predicted=0).to_csv(tmp / "predictions.csv", index=False)
+        test = tables["test"].rename(columns={"path": "image"})
+        test = test.assign(predicted=0, p0=0.8, p1=0.05, p2=0.05, p3=0.05, p4=0.05)
+        test.to_csv(tmp / "predictions.csv", index=False)  # as evaluate writes it
         for name in ("confusion.json", "predictions.csv"):
             run.log_artifact(tmp / name, "eval")
 
 
 def compare(args: dict) -> Work:
-    """`retino compare` over every run of the store: table, curves, confusion grid."""
+    """`retino compare` over every run of the store: table with 95 % intervals (1000 resamples),
+    paired comparisons, forest plot, curves, confusion grid, logged to MLflow."""
     from retino.evaluation.compare import compare as run
 
     def work() -> int:
-        run(Path(args["store"]), Path(args["out"]), "retino", None)
+        run(Path(args["store"]), Path(args["out"]), "retino", None, 1000)
         return args["runs"]
 
     return work

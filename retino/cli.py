@@ -40,10 +40,12 @@ def _compare(args: argparse.Namespace) -> int:
     from retino.evaluation.compare import compare
     from retino.tracking.store import project_root
 
-    notes = compare(project_root(), args.out, args.experiment, args.runs)
-    for note in notes:
+    result = compare(project_root(), args.out, args.experiment, args.runs, args.resamples)
+    for note in result.notes:
         print(f"note: {note}")
-    print(f"wrote {args.out}/results.md, results.csv and figures")
+    print("\n".join(result.lines))
+    print(f"wrote {args.out}/results.md, results.csv, pairs.csv and figures (forest.png); "
+          f"logged to MLflow: {result.logged}")  # fmt: skip
     return 0
 
 
@@ -112,6 +114,43 @@ def _register(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from retino.sweep import sweep
+    from retino.tracking.store import project_root
+
+    if args.status:
+        record, rows = sweep.status(project_root(), args.status)
+        print(f"job {args.status}: {len(rows)} cells of commit {record['commit'][:12]}, "
+              f"runs at {record['tracking_uri']}")  # fmt: skip
+        table = [("cell", "slurm", "mlflow", "run", "pushed")] + [
+            (r.cell, r.slurm, r.mlflow, r.run_id, "yes" if r.pushed else "no") for r in rows
+        ]
+        widths = [max(len(row[i]) for row in table) for i in range(4)]
+        for row in table:
+            print("  ".join([*(v.ljust(w) for v, w in zip(row, widths, strict=False)), row[4]]))
+        return 0
+    plan = sweep.plan(project_root(), args.params, args.gpus_per_job, args.partition,
+                      args.cpus_per_job, args.time, args.git_remote, args.workdir)  # fmt: skip
+    repo, skipped = plan.repo, len(plan.cells) - len(plan.todo)
+    where = repo.short + (f" ({repo.branch})" if repo.branch else "")
+    summary = (f"sweep of {len(plan.cells)} cells at {where}: {len(plan.todo)} to run"
+               + (f", {skipped} already pushed to {repo.git_url}" if skipped else ""))  # fmt: skip
+    if args.dry_run:
+        print(plan.script, end="")
+        print(f"{summary}; --dry-run: nothing submitted", file=sys.stderr)
+        return 0
+    print(summary)
+    if not plan.todo:
+        print("nothing to submit")
+        return 0
+    job = sweep.submit(plan)
+    print(f"submitted job {job} (script: {plan.sweep_dir}/job-{job}.sbatch)\n"
+          f"follow it: retino sweep --status {job}   (or squeue -j {job})\n"
+          f"logs:      {plan.sweep_dir}/slurm-{job}_<index>.out\n"
+          f"runs:      {plan.tracking_uri}")  # fmt: skip
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     try:
         from benchmarks.cli import main as bench
@@ -125,6 +164,12 @@ def _bench(args: argparse.Namespace) -> int:
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
     return int(text)
 
 
@@ -172,10 +217,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=-1, help="decoding processes (-1: one per core)")
     p.set_defaults(handler=_validate)
 
-    p = sub.add_parser("compare", help="the lab report's results table and figures, from MLflow")
+    p = sub.add_parser(
+        "compare",
+        help="which variant wins, and how sure: the lab report's table "
+        "with 95 %% intervals, paired comparisons and figures, from MLflow",
+    )
     p.add_argument("--out", type=Path, required=True, help="folder for results.md/.csv and PNGs")
     p.add_argument("--experiment", default="retino", help="MLflow experiment (default retino)")
     p.add_argument("--runs", nargs="+", metavar="RUN", help="only these run ids or run names")
+    p.add_argument(
+        "--resamples",
+        type=_positive,
+        default=1000,
+        help="bootstrap resamples of the test patients (default 1000)",
+    )
     p.set_defaults(handler=_compare)
 
     p = sub.add_parser("ui", help="the MLflow UI on this project's runs, on 127.0.0.1 until Ctrl-C")
@@ -210,9 +265,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alias", help="point this alias (e.g. champion) at the new version")
     p.set_defaults(handler=_register)
 
+    p = sub.add_parser("sweep", help="a grid of experiments as one Slurm job array; its status")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument(
+        "--slurm",
+        action="store_true",
+        help="submit the grid: an array task per cell, each in a copy of the current commit, "
+        "pushing its experiment; needs MLFLOW_TRACKING_URI",
+    )
+    mode.add_argument("--status", metavar="JOB", help="cell, Slurm state and MLflow run of a sweep")
+    p.add_argument("-S", "--set-param", dest="params", action="append", default=[],
+                   metavar="KEY=V1,V2", help="as `dvc exp run --queue -S`: a comma list per key; "
+                   "the grid is every combination")  # fmt: skip
+    p.add_argument("--partition", help="Slurm partition (default: the cluster's)")
+    p.add_argument("--gpus-per-job", type=_count, metavar="N",
+                   help="GPUs per cell (default: train.nproc's when > 1, else none)")  # fmt: skip
+    p.add_argument("--cpus-per-job", type=_positive, metavar="N", help="CPU cores per cell")
+    p.add_argument("--time", metavar="LIMIT", help="time limit per cell, e.g. 02:00:00")
+    p.add_argument("--git-remote", default="origin",
+                   help="where the experiments are pushed (default origin)")  # fmt: skip
+    p.add_argument("--workdir", type=Path, metavar="DIR",
+                   help="the cells' copies and logs, on a filesystem the nodes share "
+                   "(default .dvc/tmp/sweeps)")  # fmt: skip
+    p.add_argument("--dry-run", action="store_true", help="print the sbatch script; submit nothing")
+    p.set_defaults(handler=_sweep)
+
     # the benchmark lives outside the library (benchmarks/): its arguments are its own
     p = sub.add_parser("bench", add_help=False, help="time retino against the lab report's loop")
-    p.add_argument("argv", nargs=argparse.REMAINDER, help="input|train ... (bench --help)")
+    p.add_argument(
+        "argv", nargs=argparse.REMAINDER, help="input|train|intervals|scale ... (bench --help)"
+    )
     p.set_defaults(handler=_bench)
     return parser
 

@@ -288,6 +288,10 @@ class EvalConfig(_Checked):
     paired_eyes: bool = param(
         FLAG, "blend each eye's output with its fellow eye's, weight fitted on validation"
     )
+    bootstrap: int = param(
+        Integer(0, 100_000),
+        "resamples of the test patients for the 95 % intervals (seeded by seed); 0 = none",
+    )
 
 
 @dataclass(frozen=True)
@@ -299,7 +303,8 @@ class Config(_Checked):
         "true = torchvision ImageNet weights (from $TORCH_HOME), or a .pth state dict",
     )
     seed: int = param(
-        Integer(0, 2**32 - 1), "seeds the split, initialisation, shuffling and augmentation"
+        Integer(0, 2**32 - 1),
+        "seeds the split, initialisation, shuffling, augmentation and the test bootstrap",
     )
     data: DataConfig
     preprocess: PreprocessConfig

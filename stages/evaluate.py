@@ -1,4 +1,5 @@
-"""evaluate: run the selected checkpoint once over the test split; log best/test_* to the run."""
+"""evaluate: run the selected checkpoint once over the test split; log best/test_* (with their
+95 % intervals) to the run."""
 
 import argparse
 import tempfile
@@ -25,6 +26,7 @@ def main() -> None:
     check_server(project_root())
     # torch and mlflow take seconds to import: after the checks above
     from retino.atomic import write_atomic
+    from retino.evaluation.bootstrap import resampled
     from retino.evaluation.evaluate import cached_test, evaluate_test
     from retino.evaluation.predict import load_predictor, write_gallery
     from retino.tracking.names import test_metrics
@@ -35,9 +37,15 @@ def main() -> None:
     cached = cached_test(predictor, args.prepared, args.preprocessed)
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp)
-        metrics, table = evaluate_test(predictor, cached, staged)
+        metrics, table = evaluate_test(predictor, cached, staged, cfg.eval.bootstrap, cfg.seed)
+        intervals = ""  # what the bootstrap resampled, for the run and the terminal
+        if cfg.eval.bootstrap:
+            what = resampled(metrics["bootstrap_unit"], metrics["bootstrap_units"])
+            intervals = f"95 % bootstrap: {cfg.eval.bootstrap} resamples of {what}"
         with open_run(project_root(), run_id) as run:
             run.log_metrics(test_metrics(metrics))
+            if intervals:
+                run.set_tags({"test_intervals": intervals})
             run.log_dataset("test", read_split(args.prepared, "test"), data_version(DATA_DVC))
             for name in OUTPUTS:
                 run.log_artifact(staged / name, "eval")
@@ -52,8 +60,18 @@ def main() -> None:
         # failed evaluation leaves them as they were.
         for name in OUTPUTS:
             write_atomic(args.out / name, (staged / name).read_bytes())
-    print(f"test accuracy {metrics['accuracy']:.4f} (always grade 0: "
-          f"{metrics['majority_accuracy']:.4f}), QWK {metrics['qwk']:.4f}")  # fmt: skip
+    print(f"test accuracy {metrics['accuracy']:.4f}{_bounds(metrics, 'accuracy')} (always "
+          f"grade 0: {metrics['majority_accuracy']:.4f}), QWK {metrics['qwk']:.4f}"
+          f"{_bounds(metrics, 'qwk')}")  # fmt: skip
+    if intervals:
+        print(f"[{intervals}]")
+
+
+def _bounds(metrics: dict, key: str) -> str:
+    """' [0.6912, 0.8410]', or nothing without intervals."""
+    if f"{key}_lo" not in metrics:
+        return ""
+    return f" [{metrics[f'{key}_lo']:.4f}, {metrics[f'{key}_hi']:.4f}]"
 
 
 if __name__ == "__main__":

@@ -65,6 +65,29 @@ def project(tmp_path, tiny_data, monkeypatch):
     return tmp_path
 
 
+@pytest.fixture(scope="session")
+def trained(tiny_source, tmp_path_factory) -> Path:
+    """A project trained by the train step (1 epoch) as DVC experiment `tiny-exp`: an MLflow
+    store with one finished run and the model it logged (best.pt, grading photographs). Shared:
+    register under a name of your own."""
+    from retino.training.train import train  # torchvision: only the tests that train pay
+
+    root = tmp_path_factory.mktemp("trained")
+    shutil.copytree(tiny_source, root / "data")
+    cfg = tiny_config(train__epochs=1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("DVC_ROOT", str(root))
+        mp.setenv("DVC_EXP_NAME", "tiny-exp")
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        prepare_and_cache(root / "data", root, cfg)
+        train(
+            cfg, root / "prepared", root / "preprocessed", root / "models", root / "reports",
+            root / "ckpt",
+        )  # fmt: skip
+    return root
+
+
 def prepare_and_cache(data: Path, root: Path, cfg: Config) -> None:
     """What the prepare and preprocess stages write: root/prepared and root/preprocessed."""
     prepare(data, root / "prepared", cfg)

@@ -1,9 +1,11 @@
 """End to end: the whole `dvc repro` on tiny data in a fresh repo, then everything it promised."""
 
+import base64
 import json
+from pathlib import Path
 
 import mlflow.pyfunc
-import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from PIL import Image
@@ -25,7 +27,7 @@ def test_dvc_repro_end_to_end(tmp_path, tiny_source):
         for entry in stage.get("outs", []) + stage.get("metrics", []) + stage.get("plots", []):
             path = next(iter(entry)) if isinstance(entry, dict) else entry
             assert (dvc_project / path).exists(), f"stage {name}: {path} missing"
-    for png in ("curves.png", "confusion.png"):
+    for png in ("curves.png", "confusion.png", "reliability.png"):
         with Image.open(dvc_project / "reports" / "figures" / png) as img:
             assert img.format == "PNG" and img.width >= 400
 
@@ -33,6 +35,17 @@ def test_dvc_repro_end_to_end(tmp_path, tiny_source):
     assert {"accuracy", "qwk", "balanced_accuracy", "macro_f1", "majority_accuracy"} <= set(
         test_metrics
     )
+    # each headline metric with its 95 % interval, the patients resampled (both eyes together)
+    intervals = ["accuracy", "balanced_accuracy", "qwk", "macro_f1", "referable_auc",
+                 "referable_sensitivity", "referable_specificity"]  # fmt: skip
+    intervals = [k for k in intervals if k in test_metrics]
+    assert {"accuracy", "qwk", "macro_f1"} <= set(intervals)
+    for key in intervals:
+        assert test_metrics[f"{key}_lo"] <= test_metrics[key] <= test_metrics[f"{key}_hi"], key
+    assert test_metrics["accuracy_lo"] < test_metrics["accuracy_hi"]  # 16 test images: wide
+    assert test_metrics["bootstrap_unit"] == "patient" and test_metrics["bootstrap_units"] == 8
+    assert test_metrics["bootstrap_resamples"] == 1000
+    assert 0 <= test_metrics["referable_ece"] <= 1
     assert (
         (dvc_project / "reports/eval/predictions.csv")
         .read_text()
@@ -49,6 +62,13 @@ def test_dvc_repro_end_to_end(tmp_path, tiny_source):
     assert logged["metrics.best/epoch"] == train_metrics["best_epoch"]
     assert logged["metrics.best/test_accuracy"] == test_metrics["accuracy"]
     assert logged["metrics.best/test_qwk"] == test_metrics["qwk"]
+    for key in intervals:
+        for end in ("_lo", "_hi"):
+            assert logged[f"metrics.best/test_{key}{end}"] == test_metrics[f"{key}{end}"]
+    assert logged["tags.test_intervals"] == (
+        "95 % bootstrap: 1000 resamples of 8 patients (both eyes together)"
+    )
+    assert logged["tags.variant"] == "resnet18-scratch"  # the UI's "Group by" of seed repeats
     client = mlflow.MlflowClient()
     artifacts = {a.path for a in client.list_artifacts(logged.run_id)}
     assert artifacts == {"eval", "figures", "history.csv", "images"}  # best.pt only as the model
@@ -62,7 +82,7 @@ def test_dvc_repro_end_to_end(tmp_path, tiny_source):
     assert sources == {logged["tags.data_md5"]}
     # the confusion matrix, the curves and the Grad-CAMs as keyed images for the image grid
     images = {a.path.split("+")[0] for a in client.list_artifacts(logged.run_id, "images")}
-    assert {"images/confusion", "images/curves"} <= images
+    assert {"images/confusion", "images/curves", "images/reliability"} <= images
     assert any(name.startswith("images/gradcam~grade0_") for name in images), images
 
     # nothing changed: a second repro does nothing; `dvc exp show` lists the metrics
@@ -71,6 +91,9 @@ def test_dvc_repro_end_to_end(tmp_path, tiny_source):
     metrics = next(b for b in shown if b["rev"] == "workspace")["data"]["metrics"]
     assert metrics["reports/train/metrics.json"]["data"] == train_metrics
     assert metrics["reports/eval/metrics.json"]["data"]["qwk"] == test_metrics["qwk"]
+    shown_eval = metrics["reports/eval/metrics.json"]["data"]
+    assert (shown_eval["qwk_lo"], shown_eval["qwk_hi"]) == (
+        test_metrics["qwk_lo"], test_metrics["qwk_hi"])  # fmt: skip
 
     # the kappa recipe, one command away; it reuses the prepared splits and the cache
     recipe = ["train.loss=regression", "train.sampler=progressive", "eval.tta=flips",
@@ -93,6 +116,19 @@ def test_dvc_repro_end_to_end(tmp_path, tiny_source):
     assert [logged.metrics[f"best/threshold_{k}"] for k in range(1, 5)] == thresholds
     assert logged.metrics["best/eye_weight"] == train_metrics["eye_weight"]
     assert logged.metrics["best/test_qwk"] == test_metrics["qwk"]
+    assert test_metrics["qwk_lo"] <= test_metrics["qwk"] <= test_metrics["qwk_hi"]
+    assert "referable_ece" not in test_metrics  # a score, not a probability
+    assert logged.tags["variant"] == (
+        "resnet18-scratch, regression, progressive sampling, flips TTA, both eyes"
+    )
+
+    # the two variants, paired on the same 16 test images: a verdict and the forest plot
+    out = run(["retino", "compare", "--out", "cmp"], dvc_project, env, timeout=300)
+    (line,) = [v for v in out.splitlines() if " vs " in v]
+    assert ": QWK " in line and ("is better" in line or "no difference shown" in line)
+    assert "16 test images" in out
+    with Image.open(dvc_project / "cmp" / "forest.png") as img:
+        assert img.format == "PNG"
 
     # predict on a folder holding both eyes of each patient: each is blended with its fellow;
     # the run's logged model grades as best.pt does (its metadata holds the calibration)
@@ -105,9 +141,14 @@ def test_dvc_repro_end_to_end(tmp_path, tiny_source):
     rows = [line.split(",") for line in graded["models/best.pt"].splitlines()]
     assert rows[0] == ["path", "grade", "grade_name", "score", "referable", "fellow"]
     assert all(row[-1] and row[-1] != row[0] for row in rows[1:])  # every eye has its fellow
-    # the MLflow model itself: the network's one output, the score
-    x = np.zeros((2, 3, 32, 32), dtype=np.float32)
-    assert mlflow.pyfunc.load_model(f"runs:/{run_id}/resnet18-scratch").predict(x).shape == (2, 1)
+    # the MLflow model itself takes the photographs (named as the files, so the eyes pair up)
+    # and answers as retino predict did
+    paths = [Path(row[0]) for row in rows[1:5]]
+    request = pd.DataFrame({"image": [base64.b64encode((dvc_project / p).read_bytes()).decode()
+                                      for p in paths], "id": [p.name for p in paths]})  # fmt: skip
+    answer = mlflow.pyfunc.load_model(f"runs:/{run_id}/resnet18-scratch").predict(request)
+    assert [f"{s:.6f}" for s in answer.score] == [f"{float(row[3]):.6f}" for row in rows[1:5]]
+    assert list(answer.fellow) == [Path(row[-1]).name for row in rows[1:5]]
 
 
 @pytest.mark.parametrize("layout", ["kaggle", "aptos"])
@@ -128,3 +169,8 @@ def test_dvc_repro_on_other_layouts(tmp_path, layout):
     predictions = (dvc_project / "reports/eval/predictions.csv").read_text().splitlines()
     folder = {"kaggle": "test/", "aptos": "train_images/"}[layout]
     assert all(line.split(",")[0].startswith(folder) for line in predictions[1:])
+    # APTOS names no patients: its intervals resample images, and say so
+    test_metrics = json.loads((dvc_project / "reports/eval/metrics.json").read_text())
+    unit = {"kaggle": "patient", "aptos": "image"}[layout]
+    assert test_metrics["bootstrap_unit"] == unit
+    assert test_metrics["qwk_lo"] <= test_metrics["qwk"] <= test_metrics["qwk_hi"]

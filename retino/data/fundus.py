@@ -6,16 +6,14 @@ shorter side would keep black margins and scale the retina differently per camer
 Kaggle winner (B. Graham) and Huang et al., we crop a square around the disc and resize it once.
 
 `preprocess_image` is the one function for this: the preprocess stage writes its output to the
-cache that training reads, and `retino predict` applies it to new photographs, so a raw photo is
-graded exactly as its cached twin.
+cache that training reads, and `retino predict` and the served model apply it to new photographs
+(files, or a request's bytes), so a raw photo is graded exactly as its cached twin.
 """
-
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
 
-from retino.data.images import decode_rgb
+from retino.data.images import Source, decode_rgb
 
 NORMALIZE = ("none", "graham")
 # Decode at least this much more than the output side: the disc is usually 0.9-1.0 of the
@@ -24,10 +22,11 @@ DECODE_MARGIN = 1.25
 PROBE_SIDE = 256  # the disc is found on a copy this size: cheap, and enough for its outline
 
 
-def preprocess_image(path: Path, size: int, normalize: str, max_pixels: int) -> np.ndarray:
-    """(size, size, 3) uint8: the retina disc of the photograph at `path`, cropped square,
-    resized, and with `normalize="graham"` Graham's local-contrast normalisation."""
-    image = Image.fromarray(decode_rgb(path, max_pixels, min_side=round(size * DECODE_MARGIN)))
+def preprocess_image(source: Source, size: int, normalize: str, max_pixels: int) -> np.ndarray:
+    """(size, size, 3) uint8: the retina disc of the photograph (a file, or an upload's bytes),
+    cropped square, resized, and with `normalize="graham"` Graham's local-contrast
+    normalisation."""
+    image = Image.fromarray(decode_rgb(source, max_pixels, min_side=round(size * DECODE_MARGIN)))
     square = crop_disc(image, size)
     return graham(square) if normalize == "graham" else square
 

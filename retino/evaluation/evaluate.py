@@ -10,7 +10,9 @@ import pandas as pd
 
 from retino.data.cache import open_index
 from retino.data.dataset import CachedSplit, default_workers
+from retino.evaluation.bootstrap import with_intervals
 from retino.evaluation.predict import Predictor, load_predictor, loader_for, write_gallery
+from retino.evaluation.reliability import referable_output, reliability
 from retino.metrics import confusion, normalise_rows
 
 
@@ -28,13 +30,21 @@ def predict_split(pred: Predictor, cached: CachedSplit) -> pd.DataFrame:
 
 
 def evaluate_test(
-    pred: Predictor, cached: CachedSplit, out_dir: Path
-) -> tuple[dict[str, float], pd.DataFrame]:
+    pred: Predictor, cached: CachedSplit, out_dir: Path, resamples: int, seed: int
+) -> tuple[dict, pd.DataFrame]:
     """Write metrics.json, predictions.csv and confusion.json to out_dir; return the metrics and
-    the predictions."""
+    the predictions. With `resamples`, each headline metric gets its 95 % bootstrap interval
+    (`qwk_lo`, `qwk_hi`, ...: retino.evaluation.bootstrap), seeded by `seed`; a ce head adds
+    `referable_ece`, the calibration error of P(referable) (retino.evaluation.reliability)."""
     table = predict_split(pred, cached)
     labels, predicted = table["label"].to_numpy(), table["predicted"].to_numpy()
     metrics = pred.head.report(labels, table[pred.head.columns].to_numpy(), predicted)
+    if resamples:
+        score, _ = referable_output(table)
+        metrics = with_intervals(metrics, table["image"], labels, predicted, score, resamples, seed)
+    ece = reliability(table).ece
+    if ece is not None:
+        metrics["referable_ece"] = ece
     cm = confusion(labels, predicted)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

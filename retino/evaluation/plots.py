@@ -1,4 +1,5 @@
-"""Report figures: training curves, confusion matrices, architecture comparisons.
+"""Report figures: training curves, confusion matrices, architecture comparisons, reliability
+of P(referable), and the forest plot of the variants' test QWK.
 
 Figures are built on `matplotlib.figure.Figure` directly, never through pyplot: no GUI backend
 is needed, nothing is registered in pyplot's global figure list, and a figure is freed as soon
@@ -11,6 +12,7 @@ suffix). Accuracies arrive as fractions in [0, 1] and are drawn as percentages.
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,6 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from retino.evaluation.reliability import Reliability
 from retino.grades import GRADE_NAMES
 from retino.metrics import normalise_rows
 
@@ -238,4 +241,80 @@ def plot_confusion_grid(matrices: Mapping[str, np.ndarray], path: Path, title: s
     fig.colorbar(im, cax=cax, label="Share of true grade")
     if title:
         fig.suptitle(title, fontsize=13, y=1 - 0.2 / height, va="top")
+    _save(fig, path)
+
+
+def plot_reliability(rel: Reliability, path: Path, title: str = "") -> None:
+    """Observed share of referable DR against the model's P(referable) per bin, with its 95 %
+    interval (a bin of few images says little), the diagonal a calibrated model follows and the
+    ECE (above); how many images each bin holds (below). A regression score has no diagonal: the
+    panel shows how the referable share rises with the score."""
+    fig = _figure(6.5, 6.2)
+    ax, ax_count = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    centres = (rel.edges[:-1] + rel.edges[1:]) / 2
+    filled = rel.count > 0
+    n = int(rel.count.sum())
+    if rel.probability:
+        ax.plot([0, 1], [0, 1], linestyle="--", color="0.5", label="calibrated")
+        x = rel.predicted[filled]
+        what = f"expected calibration error {rel.ece:.3f} (n = {n})"
+        xlabel = "Predicted P(referable) = p2 + p3 + p4"
+    else:
+        x = centres[filled]
+        what = f"no calibration error: a regression score is no probability (n = {n})"
+        xlabel = "Regression score (the grade as a number)"
+    y = rel.observed[filled]
+    spread = np.vstack([y - rel.observed_lo[filled], rel.observed_hi[filled] - y])
+    ax.errorbar(x, y, yerr=spread, marker="o", color="tab:blue", capsize=3,
+                label="observed, with its 95 % interval")  # fmt: skip
+    ax.set_ylabel("Share truly referable (grade >= 2)")
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize=9)
+    ax.set_title(what, fontsize=10)
+    width = rel.edges[1] - rel.edges[0]
+    ax_count.bar(centres, rel.count, width=width * 0.9, color="tab:blue", alpha=0.6)
+    ax_count.set_xlabel(xlabel)
+    ax_count.set_ylabel("Images")
+    ax_count.set_xlim(rel.edges[0], rel.edges[-1])
+    fig.suptitle(title or "Reliability of the referable-DR output (test set)", fontsize=12)
+    _save(fig, path)
+
+
+def plot_forest(rows: list[tuple[str, Any]], path: Path, title: str, subtitle: str = "") -> None:
+    """Each variant's test QWK as a square with its 95 % interval, its seeds as dots, the best
+    on top, the numbers on the right. `rows`: (variant, estimate) with `point`, `lo`, `hi`, `sd`,
+    `seeds` (retino.evaluation.variants.Estimate)."""
+    if not rows:
+        raise ValueError("plot_forest needs at least one variant")
+    rows = sorted(rows, key=lambda r: r[1].point)  # the best at the top (largest y)
+    fig = _figure(10, 1.9 + 0.55 * len(rows))
+    ax = fig.subplots()
+    seeded = False
+    for y, (_, e) in enumerate(rows):
+        ax.plot([e.lo, e.hi], [y, y], color="tab:blue", linewidth=2, solid_capstyle="butt")
+        ax.plot([e.point], [y], marker="s", markersize=8, color="tab:blue")
+        if len(e.seeds) > 1:
+            ax.plot(e.seeds, [y + 0.2] * len(e.seeds), "o", markersize=4, color="tab:orange",
+                    label=None if seeded else "one seed's run")  # fmt: skip
+            seeded = True
+    best = rows[-1][1]
+    ax.axvspan(best.lo, best.hi, color="tab:blue", alpha=0.08, label="the best's interval")
+    ylim = (-0.7, len(rows) - 0.3)
+    ax.set_yticks(range(len(rows)), [name for name, _ in rows])
+    ax.set_ylim(*ylim)
+    numbers = ax.twinx()  # the values, as labels on the right
+    numbers.set_ylim(*ylim)
+    numbers.set_yticks(
+        range(len(rows)),
+        [f"{e.point:.3f} [{e.lo:.3f}, {e.hi:.3f}]"
+         + (f"\n± {e.sd:.3f} over {len(e.seeds)} seeds" if e.sd is not None else "")
+         for _, e in rows],
+    )  # fmt: skip
+    numbers.tick_params(axis="y", length=0, labelsize=9)
+    ax.set_xlabel("Test QWK (mean over seeds)")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    ax.set_title(subtitle, fontsize=9, color="0.3")
+    fig.suptitle(title, fontsize=12)
     _save(fig, path)

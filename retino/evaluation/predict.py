@@ -1,14 +1,17 @@
-"""Grading photographs with a trained model: `retino predict`, Grad-CAMs, `retino explain`.
+"""Grading photographs with a trained model: `retino predict`, the served model, Grad-CAMs,
+`retino explain`.
 
 A model source is a checkpoint file (models/best.pt), an MLflow URI (runs:/<id>/<model>,
 models:/<name>/<version>, models:/<name>@<alias>) or the name of a finished run / DVC experiment
 in the project's store. A checkpoint holds the weights, the config, the training mean/std and the
-calibration (thresholds, eye blend); an MLflow source resolves to the model its run logged: the
-same weights, with the rest in the model's metadata. Photographs are preprocessed as the cache the
-model trained on was (`retino.data.fundus.preprocess_image`: disc crop, resize, the same
-normalisation), then `BatchTransform` with that mean/std and `engine.predict` with the model's
-flip TTA (`eval.tta`); the calibration turns the outputs into grades, blending each eye with its
-fellow where the model was trained with `eval.paired_eyes` and the fellow is among the images.
+calibration (thresholds, eye blend); an MLflow source resolves to the model its run logged, which
+carries that same best.pt. `grade_photos` is the one path from photographs (files, or a
+request's bytes) to grades: they are preprocessed as the cache the model trained on was
+(`retino.data.fundus.preprocess_image`: disc crop, resize, the same normalisation), then
+`BatchTransform` with that mean/std and `engine.predict` with the model's flip TTA (`eval.tta`);
+the calibration turns the outputs into grades, blending each eye with its fellow where the model
+was trained with `eval.paired_eyes` and the fellow is among the photographs. The evaluate stage
+runs the same `Predictor.outputs` and `Predictor.grade` on the cached test split.
 """
 
 from collections.abc import Callable
@@ -25,7 +28,7 @@ from tqdm import tqdm
 from retino.config import Config, from_dict
 from retino.data.dataset import make_loader
 from retino.data.fundus import preprocess_image
-from retino.data.images import ImageError
+from retino.data.images import ImageError, Source
 from retino.data.transforms import BatchTransform
 from retino.data.validation import cpu_workers
 from retino.errors import RetinoError
@@ -34,7 +37,7 @@ from retino.grades import GRADE_NAMES, REFERABLE_GRADE
 from retino.training import checkpoint
 from retino.training.calibration import Calibration
 from retino.training.engine import predict, resolve_device
-from retino.training.eyes import fellow_index
+from retino.training.eyes import fellow_index, pair_index
 from retino.training.heads import CE, Head
 from retino.training.models import build_model
 
@@ -42,17 +45,17 @@ IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 PROBS = CE.columns  # p0..p4
 
 
-class PhotoFiles(Dataset):
-    """Photograph files preprocessed as the cache was: (uint8 (3, S, S), index). A file that
-    cannot be read yields a blank image and index -1, so one bad file does not stop the others;
-    `errors` (in the process that read it) says why."""
+class Photos(Dataset):
+    """Photographs (files, or uploads' bytes) preprocessed as the cache was: (uint8 (3, S, S),
+    index). One that cannot be read yields a blank image and index -1, so one bad photograph
+    does not stop the others; `load` (in the process that read it) says why."""
 
-    def __init__(self, paths: list[Path], size: int, normalize: str, max_pixels: int) -> None:
-        self.paths, self.size = list(paths), size
+    def __init__(self, sources: list[Source], size: int, normalize: str, max_pixels: int) -> None:
+        self.sources, self.size = list(sources), size
         self.normalize, self.max_pixels = normalize, max_pixels
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.sources)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         try:
@@ -62,8 +65,8 @@ class PhotoFiles(Dataset):
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), torch.tensor(index)
 
     def load(self, index: int) -> np.ndarray:
-        """(S, S, 3) uint8 of photograph `index`, or ImageError naming the file."""
-        return preprocess_image(self.paths[index], self.size, self.normalize, self.max_pixels)
+        """(S, S, 3) uint8 of photograph `index`, or ImageError naming it."""
+        return preprocess_image(self.sources[index], self.size, self.normalize, self.max_pixels)
 
 
 @dataclass
@@ -75,25 +78,31 @@ class Predictor:
     head: Head
     calibration: Calibration
 
-    def photos(self, paths: list[Path]) -> PhotoFiles:
-        """The files, preprocessed exactly as this model's training data was."""
+    def photos(self, sources: list[Source]) -> Photos:
+        """The photographs, preprocessed exactly as this model's training data was."""
         data = self.cfg.data
-        return PhotoFiles(paths, data.image_size, self.cfg.preprocess.normalize, data.max_pixels)
+        return Photos(sources, data.image_size, self.cfg.preprocess.normalize, data.max_pixels)
 
-    def outputs(self, loader: DataLoader, desc: str = "predict") -> tuple[np.ndarray, np.ndarray]:
+    def outputs(
+        self, loader: DataLoader, desc: str = "predict", progress: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(labels, outputs (N, K)) of a loader's images, with the model's flip TTA."""
         tta = self.cfg.eval.tta == "flips"
-        return predict(self.model, loader, self.transform, desc, head=self.head, tta=tta)
+        return predict(self.model, loader, self.transform, desc, head=self.head, tta=tta,
+                       progress=progress)  # fmt: skip
 
     def grade(
-        self, outputs: np.ndarray, paths: list[str] | list[Path]
+        self, outputs: np.ndarray, names: list[str], pair_keys: list[str] | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(outputs blended with the fellow eyes', grades, each image's fellow index or -1) of
-        the images at `paths` (their names pair the eyes)."""
+        the images called `names`: fellows by name (<patient>_<left|right>, eyes.fellow_index),
+        or where `pair_keys` are given, the two images that share a key."""
         if self.calibration.eye_weight is None:
-            fellow = np.full(len(paths), -1)
+            fellow = np.full(len(names), -1)
+        elif pair_keys is None:
+            fellow = fellow_index(names)
         else:
-            fellow = fellow_index(paths)
+            fellow = pair_index(pair_keys)
         outputs, grades = self.calibration.apply(self.head, outputs, fellow)
         return outputs, grades, fellow
 
@@ -101,26 +110,24 @@ class Predictor:
 def load_predictor(source: str, device: str = "auto") -> Predictor:
     """The model behind `source`, normalising its input as in training."""
     dev = resolve_device(device)
-    weights, config, normalisation, calibration, origin = _load(source)
+    state, origin = _load(source)
     try:
-        cfg = from_dict(config)
+        cfg = from_dict(state.config)
     except RetinoError as err:  # a checkpoint of an older retino, with other keys
         raise RetinoError(f"{origin}: stored config: {err}; train it again") from None
     head = Head(cfg.train.loss)
     model = build_model(cfg.arch, outputs=head.outputs)  # the source holds every weight
-    model.load_state_dict(weights)
-    mean, std = normalisation["mean"], normalisation["std"]
+    model.load_state_dict(state.model)
+    mean, std = state.normalisation["mean"], state.normalisation["std"]
     transform = BatchTransform(mean, std, dev, None, dev.type == "cuda")
+    calibration = Calibration(state.thresholds, state.eye_weight)
     return Predictor(model.to(dev).eval(), cfg, transform, origin, head, calibration)
 
 
-def _load(source: str) -> tuple[dict, dict, dict, Calibration, str]:
-    """(weights, config, normalisation, calibration, origin) of a checkpoint file or an MLflow
-    source."""
+def _load(source: str) -> tuple[checkpoint.Checkpoint, str]:
+    """(checkpoint, origin) of a checkpoint file or an MLflow source."""
     if Path(source).is_file():
-        state = checkpoint.load(Path(source))
-        calibration = Calibration(state.thresholds, state.eye_weight)
-        return state.model, state.config, state.normalisation, calibration, source
+        return checkpoint.load(Path(source)), source
     if not source.startswith(("runs:/", "models:/")) and ("/" in source or source.endswith(".pt")):
         raise RetinoError(
             f"{source}: checkpoint file not found; train one (`dvc repro train`) or give "
@@ -132,15 +139,7 @@ def _load(source: str) -> tuple[dict, dict, dict, Calibration, str]:
 
     store = existing_store(project_root())
     run_id = resolve_run(store, source)
-    weights, metadata = load_logged_model(store, run_id)
-    if not {"config", "normalisation", "thresholds", "eye_weight"} <= set(metadata):
-        raise RetinoError(
-            f"{source}: its model has no retino config, mean/std and calibration in its "
-            "metadata (logged by an older retino); use its models/best.pt"
-        )
-    origin = f"{source} (MLflow run {run_id})"
-    calibration = Calibration(metadata["thresholds"], metadata["eye_weight"])
-    return weights, metadata["config"], metadata["normalisation"], calibration, origin
+    return load_logged_model(store, run_id), f"{source} (MLflow run {run_id})"
 
 
 def expand_inputs(items: list[Path]) -> list[Path]:
@@ -160,33 +159,58 @@ def loader_for(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:
     return make_loader(dataset, batch_size, False, workers, pin_memory=False)
 
 
-def predict_images(
-    pred: Predictor, paths: list[Path], batch_size: int | None = None
-) -> tuple[pd.DataFrame, list[tuple[Path, str]]]:
-    """One row per readable image (path, grade, grade_name, p0..p4 or score, referable, and
-    with a paired-eyes model the fellow eye it was blended with), and (path, error) for each
-    image that could not be read."""
-    photos = pred.photos(paths)
+def grade_photos(
+    pred: Predictor,
+    sources: list[Source],
+    batch_size: int | None = None,
+    workers: int = 0,
+    pair_keys: list[str] | None = None,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, dict[int, str]]:
+    """Grade photographs (files, or uploads' bytes) as evaluation does: (graded, unreadable).
+
+    graded: a row per readable photograph, indexed by its position in `sources`: name, grade,
+    grade_name, p0..p4 (or score), referable (yes/no), and with a paired-eyes model `fellow`,
+    the name of the photograph it was blended with ("" for none; see `Predictor.grade` for
+    `pair_keys`). unreadable: the position of every other photograph, and why (one line).
+    """
+    photos = pred.photos(sources)
     batch_size = batch_size or pred.cfg.eval.batch_size
-    # photographs are decoded here: workers pay for themselves from the second batch on
-    workers = min(cpu_workers(), 8) if len(photos) > batch_size else 0
-    loader = loader_for(photos, batch_size, workers)
-    index, outputs = pred.outputs(loader)
+    # In this process (a server's, maybe): not make_loader, whose retain_freed_memory would keep
+    # every request's peak memory for good (4 x 64 MB requests at a time: +1.7 GB, growing).
+    loader = loader_for(photos, batch_size, workers) if workers else DataLoader(photos, batch_size)
+    index, outputs = pred.outputs(loader, progress=progress)
     ok = index >= 0
-    failed = [(p, _read_error(photos, i)) for i, p in enumerate(paths) if not ok[i]]
-    read = [str(p) for p, good in zip(paths, ok, strict=True) if good]
-    outputs, grade, fellow = pred.grade(outputs[ok], read)
+    unreadable = {i: _read_error(photos, i) for i in np.flatnonzero(~ok).tolist()}
+    position = np.flatnonzero(ok)
+    names = [str(sources[i]) for i in position]
+    keys = None if pair_keys is None else [pair_keys[i] for i in position]
+    outputs, grade, fellow = pred.grade(outputs[ok], names, keys)
     table = pd.DataFrame(
-        {"path": read, "grade": grade, "grade_name": [GRADE_NAMES[g] for g in grade]}
+        {"name": names, "grade": grade, "grade_name": [GRADE_NAMES[g] for g in grade]},
+        index=position,
     )
     table[pred.head.columns] = outputs.round(6)
     table["referable"] = np.where(grade >= REFERABLE_GRADE, "yes", "no")
     if pred.calibration.eye_weight is not None:
-        table["fellow"] = [read[j] if j >= 0 else "" for j in fellow]
-    return table, failed
+        table["fellow"] = [names[j] if j >= 0 else "" for j in fellow]
+    return table, unreadable
 
 
-def _read_error(photos: PhotoFiles, index: int) -> str:
+def predict_images(
+    pred: Predictor, paths: list[Path], batch_size: int | None = None
+) -> tuple[pd.DataFrame, list[tuple[Path, str]]]:
+    """`retino predict`: one row per readable image (path, then as `grade_photos`), and (path,
+    error) for each image that could not be read."""
+    batch_size = batch_size or pred.cfg.eval.batch_size
+    # photographs are decoded here: workers pay for themselves from the second batch on
+    workers = min(cpu_workers(), 8) if len(paths) > batch_size else 0
+    graded, unreadable = grade_photos(pred, paths, batch_size, workers)
+    table = graded.rename(columns={"name": "path"}).reset_index(drop=True)
+    return table, [(paths[i], error) for i, error in unreadable.items()]
+
+
+def _read_error(photos: Photos, index: int) -> str:
     """Why photograph `index` could not be read (read again here: the worker that failed on it
     cannot send its exception back with the batch)."""
     try:

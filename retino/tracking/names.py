@@ -27,6 +27,7 @@ BEST_TEST_MAJORITY = "best/test_majority_accuracy"
 # evaluate's headline metrics first: the UI lists metrics in the order they were first logged
 HEADLINE = ("qwk", "accuracy", "balanced_accuracy", "macro_f1", "majority_accuracy")
 PER_GRADE = ("precision_", "recall_")
+BOOTSTRAP = "bootstrap_"  # metrics.json's description of its intervals: a tag in MLflow
 
 
 def variant(arch: str, pretrained: Any) -> str:
@@ -89,11 +90,14 @@ def best_metrics(row: dict[str, float], select_metric: str) -> dict[str, float]:
     return {**{f"best/{k}": row[k] for k in (select_metric, *others)}, "best/epoch": row["epoch"]}
 
 
-def test_metrics(metrics: dict[str, float]) -> dict[str, float]:
-    """The evaluate stage's metrics of best.pt on test: best/test_* and per_grade/test_*."""
-    first = [k for k in HEADLINE if k in metrics]
-    rest = sorted(set(metrics) - set(first))
+def test_metrics(metrics: dict) -> dict[str, float]:
+    """The evaluate stage's metrics of best.pt on test: best/test_* and per_grade/test_*, the
+    headline first, then the intervals (best/test_qwk_lo, ...); bootstrap_* go in a tag."""
+    numbers = {k: v for k, v in metrics.items() if not k.startswith(BOOTSTRAP)}
+    first = [k for k in HEADLINE if k in numbers]
+    bounds = [f"{k}{end}" for k in first for end in ("_lo", "_hi") if f"{k}{end}" in numbers]
+    rest = sorted(set(numbers) - set(first) - set(bounds))
     return {
-        (f"per_grade/test_{k}" if k.startswith(PER_GRADE) else f"best/test_{k}"): metrics[k]
-        for k in first + rest
+        (f"per_grade/test_{k}" if k.startswith(PER_GRADE) else f"best/test_{k}"): numbers[k]
+        for k in first + bounds + rest
     }

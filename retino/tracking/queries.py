@@ -21,6 +21,7 @@ class RunRecord:
     params: dict[str, str]
     metrics: dict[str, float]
     dvc_exp_name: str = ""
+    data_md5: str = ""  # the data version evaluated on (data.dvc's md5)
 
     def named(self, names: set[str]) -> set[str]:
         """Which of `names` refer to this run: its id, run name or DVC experiment name."""
@@ -37,11 +38,7 @@ def list_runs(
         raise RetinoError(
             f"no MLflow experiment {experiment!r} in {store.uri}; run `dvc repro` first"
         )
-    records = [
-        RunRecord(r.info.run_id, r.info.run_name, r.info.status, r.data.params, r.data.metrics,
-                  r.data.tags.get("dvc_exp_name", ""))
-        for r in _all_runs(store, experiment_id)
-    ]  # fmt: skip
+    records = [_record(r) for r in _all_runs(store, experiment_id)]
     if run_ids:
         wanted = set(run_ids)
         records = [r for r in records if r.named(wanted)]
@@ -51,17 +48,35 @@ def list_runs(
     return records
 
 
-def _all_runs(store: Store, experiment_id: str) -> list:
-    """Every run of the experiment, oldest first. MLflow answers a page at a time (1000 runs by
-    default) and says nothing of the rest: an unpaged search would drop every run after the
-    first page, the newest ones."""
+def runs_of_commit(
+    store: Store, commit: str, experiment: str = DEFAULT_EXPERIMENT
+) -> list[RunRecord]:
+    """Runs of `experiment` that trained `commit` (their git_commit tag), oldest first; none
+    while the experiment does not exist yet."""
+    experiment_id = store.experiment_id(experiment)
+    if experiment_id is None:
+        return []
+    return [_record(r) for r in _all_runs(store, experiment_id, f"tags.git_commit = '{commit}'")]
+
+
+def _record(run) -> RunRecord:
+    return RunRecord(run.info.run_id, run.info.run_name, run.info.status, run.data.params,
+                     run.data.metrics, run.data.tags.get("dvc_exp_name", ""),
+                     run.data.tags.get("data_md5", ""))  # fmt: skip
+
+
+def _all_runs(store: Store, experiment_id: str, where: str = "") -> list:
+    """Every run of the experiment (that matches the filter `where`), oldest first. MLflow
+    answers a page at a time (1000 runs by default) and says nothing of the rest: an unpaged
+    search would drop every run after the first page, the newest ones."""
     runs, token = [], None
     while True:
         page = retry(
             lambda token=token: store.client.search_runs(
-                [experiment_id], order_by=["start_time ASC"], max_results=PAGE, page_token=token
+                [experiment_id], where, order_by=["start_time ASC"], max_results=PAGE,
+                page_token=token,
             )
-        )
+        )  # fmt: skip
         runs += page
         token = page.token
         if not token:

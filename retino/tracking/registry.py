@@ -2,13 +2,17 @@
 `retino register`."""
 
 import tempfile
+from pathlib import Path
 from typing import Any
 
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
 from retino.errors import RetinoError
+from retino.tracking.logged_model import CHECKPOINT, FORMAT, FORMAT_KEY
 from retino.tracking.store import DEFAULT_EXPERIMENT, Store, retry
+from retino.training import checkpoint
+from retino.training.checkpoint import Checkpoint
 
 
 def resolve_run(store: Store, source: str, experiment: str = DEFAULT_EXPERIMENT) -> str:
@@ -74,10 +78,9 @@ def logged_model_id(store: Store, run_id: str) -> str:
     return max(logged, key=lambda m: m.creation_timestamp).model_id
 
 
-def load_logged_model(store: Store, run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(state dict, metadata) of the model logged in `run_id`: the weights of the exported
-    program under the module's own names, and what the train step put in its MLmodel."""
-    import mlflow.pytorch  # seconds: only MLflow model sources pay for it
+def load_logged_model(store: Store, run_id: str) -> Checkpoint:
+    """best.pt, as the model logged in `run_id` carries it (retino.tracking.logged_model)."""
+    import mlflow
 
     model_id = logged_model_id(store, run_id)
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,10 +88,23 @@ def load_logged_model(store: Store, run_id: str) -> tuple[dict[str, Any], dict[s
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=f"models:/{model_id}", dst_path=tmp, tracking_uri=store.uri
             )
+            model = mlflow.models.Model.load(local)
         except (MlflowException, OSError):
             raise RetinoError(f"MLflow run {run_id}: its model {model_id} cannot be read") from None
-        metadata = mlflow.models.Model.load(local).metadata or {}
-        return mlflow.pytorch.load_model(local).state_dict(), metadata
+        found = (model.metadata or {}).get(FORMAT_KEY)
+        if found is None:
+            raise RetinoError(
+                f"MLflow run {run_id}: its model was logged by an older retino (a network "
+                "taking normalised tensors, not photographs); grade with that run's "
+                "models/best.pt, or train it again"
+            )
+        if found != FORMAT:
+            raise RetinoError(
+                f"MLflow run {run_id}: its model has format {found}, this retino reads format "
+                f"{FORMAT}; use the retino version that logged it, or train it again"
+            )
+        artifact = model.flavors["python_function"]["artifacts"][CHECKPOINT]["path"]
+        return checkpoint.load(Path(local) / artifact, name=f"MLflow model {model_id}")
 
 
 def register_model(store: Store, run_id: str, name: str, alias: str | None = None) -> str:
@@ -102,11 +118,11 @@ def register_model(store: Store, run_id: str, name: str, alias: str | None = Non
         except MlflowException as err:
             if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
                 raise
-        # models:/<model id> is what runs:/<id>/<model name> resolves to in MLflow 3
+        # the logged model's own location: MLflow would look a models:/<model id> source up in
+        # its global store, which need not be this one
+        location = retry(lambda: client.get_logged_model(model_id)).artifact_location
         version = retry(
-            lambda: client.create_model_version(
-                name, f"models:/{model_id}", run_id=run_id, model_id=model_id
-            )
+            lambda: client.create_model_version(name, location, run_id=run_id, model_id=model_id)
         )
         if alias:
             retry(lambda: client.set_registered_model_alias(name, alias, version.version))

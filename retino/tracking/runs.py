@@ -86,6 +86,9 @@ class Run:
             if epoch not in steps:
                 self.log_metrics(metrics, step=epoch)
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self._guard.call(lambda: mlflow.set_tags(tags))
+
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self._guard.call(lambda: mlflow.log_artifact(str(path), artifact_path))
 
@@ -110,20 +113,32 @@ class Run:
             dataset = mlflow.data.from_pandas(table, source=source, name=split, targets="label")
             self._guard.call(lambda: mlflow.log_input(dataset, context=context))
 
-    def log_model(self, model: Any, input_example: Any, name: str, metadata: dict) -> None:
-        """The model, exported (pt2) with its signature; `metadata` lands in its MLmodel file."""
-        import mlflow.pytorch  # 10 s import: only the train stage pays for it
-        import torch
-        import torchvision
+    def log_model(
+        self, checkpoint: Path, name: str, outputs: list[str], paired: bool, metadata: dict
+    ) -> None:
+        """best.pt as a model that grades photographs (retino.tracking.logged_model), with its
+        signature; `metadata` lands in its MLmodel file."""
+        from importlib.metadata import version
 
-        requirements = [f"torch=={torch.__version__.split('+')[0]}",
-                        f"torchvision=={torchvision.__version__.split('+')[0]}"]  # fmt: skip
-        self._guard.call(
-            lambda: mlflow.pytorch.log_model(
-                model, name=name, input_example=input_example, pip_requirements=requirements,
-                metadata=metadata,
-            )
-        )  # fmt: skip
+        import mlflow.pyfunc
+
+        from retino.tracking import logged_model as spec
+
+        # what the network and the image path need (a CUDA build's +cu130 is no pip version)
+        packages = ("torch", "torchvision", "pillow", "simplejpeg")
+        requirements = [f"{p}=={version(p).split('+')[0]}" for p in packages]
+        with warnings.catch_warnings():
+            # an example photograph would be megabytes of base64 in every model; the signature
+            # and the README say what a request holds
+            warnings.filterwarnings("ignore", ".*An input example was not provided")
+            self._guard.call(
+                lambda: mlflow.pyfunc.log_model(
+                    name=name, python_model=str(spec.MODEL_CODE),
+                    artifacts={spec.CHECKPOINT: str(checkpoint)},
+                    signature=spec.signature(outputs, paired), pip_requirements=requirements,
+                    metadata={spec.FORMAT_KEY: spec.FORMAT, **metadata},
+                )
+            )  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -188,6 +203,7 @@ def run_tags(cfg_flat: dict[str, Any]) -> dict[str, str]:
         "data_md5": data_version(DATA_DVC),
         "arch": str(cfg_flat["arch"]),
         "pretrained": str(cfg_flat["pretrained"]),
+        "variant": variant_name(cfg_flat),
         **{key: str(cfg_flat[key]) for key in SETUP_KEYS},
     }
     tags["mlflow.note.content"] = describe(cfg_flat, tags["data_md5"], tags["dvc_exp_name"])
@@ -216,13 +232,23 @@ def describe(cfg_flat: dict[str, Any], data_md5: str, exp_name: str) -> str:
     return "; ".join(p for p in parts if p)
 
 
+def variant_name(cfg_flat: dict[str, Any]) -> str:
+    """The run's `variant` tag, shared by runs that differ only in `seed`, for the UI's "Group by":
+    the run name without its experiment suffix, and the recipe where it is not the lab's
+    ('resnet18-scratch', 'resnet18-scratch, regression, flips TTA')."""
+    return ", ".join(filter(None, (variant(cfg_flat["arch"], cfg_flat["pretrained"]),
+                                   recipe(cfg_flat))))  # fmt: skip
+
+
 def run_name(cfg_flat: dict[str, Any]) -> str:
-    """<arch>-<pretrained|scratch>-<DVC experiment name, or the short git sha outside one>."""
+    """<arch>-<pretrained|scratch>-<DVC experiment name, or the short git sha outside one>; an
+    experiment already named after its variant (a sweep's resnet18-pretrained-seed=1) alone."""
+    prefix = variant(cfg_flat["arch"], cfg_flat["pretrained"])
     suffix = (
         os.environ.get("DVC_EXP_NAME")
         or (git(Path.cwd(), "rev-parse", "--short", "HEAD") or "nogit")[:7]
     )
-    return f"{variant(cfg_flat['arch'], cfg_flat['pretrained'])}-{suffix}"
+    return suffix if suffix == prefix or suffix.startswith(f"{prefix}-") else f"{prefix}-{suffix}"
 
 
 def data_version(dvc_file: Path) -> str:

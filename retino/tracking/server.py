@@ -1,8 +1,10 @@
-"""`retino ui`: the MLflow UI on this project's store, on 127.0.0.1 only, until Ctrl-C.
+"""`retino ui`: the MLflow UI on this project's store, on 127.0.0.1 only, until Ctrl-C; and
+`mlflow models serve` of a logged model, for the tests and `retino bench serve`.
 
-`mlflow server` runs as a child in a session of its own, so stopping its process group stops its
-worker too, and the terminal's Ctrl-C reaches only us: we stop the server and wait for it. Lean
-flags bring it up in ~10-15 s on 2 cores instead of ~30: one worker, no job-execution processes.
+Each server runs as a child in a session of its own, so stopping its process group stops its
+workers too, and the terminal's Ctrl-C reaches only us: we stop the server and wait for it. Lean
+flags bring `mlflow server` up in ~10-15 s on 2 cores instead of ~30: one worker, no
+job-execution processes.
 """
 
 import contextlib
@@ -105,33 +107,69 @@ def mlflow_server(
     """
     check_port(port)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    command = server_command(backend_uri, artifacts, port)
+    with _running("mlflow server", command, env, port, "/", log, timeout) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def model_server(
+    model_uri: str,
+    port: int,
+    workers: int = 1,
+    log: IO[Any] | None = None,
+    timeout: float = START_TIMEOUT_S,
+    threads: int | None = 1,
+) -> Iterator[Server]:
+    """`mlflow models serve -m model_uri --env-manager local` on 127.0.0.1:`port`, in this
+    environment, with `workers` processes, until the block ends; yielded once /ping answers.
+    `threads`: OMP_NUM_THREADS, torch's threads per request (None: torch's default, a core
+    each): requests are graded side by side, and the cores are theirs, not each one's."""
+    command = [
+        sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
+        "--env-manager", "local", "--host", HOST, "--port", str(port), "--workers", str(workers),
+    ]  # fmt: skip
+    # the command starts `uvicorn` by name: this environment's, also when it is not activated
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PATH": path}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    with _running("mlflow models serve", command, env, port, "/ping", log, timeout) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def _running(
+    name: str, command: list[str], env: dict[str, str], port: int, probe: str,
+    log: IO[Any] | None, timeout: float,
+) -> Iterator[Server]:  # fmt: skip
     process = subprocess.Popen(
-        server_command(backend_uri, artifacts, port), env=env, stdin=subprocess.DEVNULL,
-        stdout=log, stderr=subprocess.STDOUT if log else None, start_new_session=True,
+        command, env=env, stdin=subprocess.DEVNULL, stdout=log,
+        stderr=subprocess.STDOUT if log else None, start_new_session=True,
     )  # fmt: skip
     try:
         server = Server(f"http://{HOST}:{port}", process)
-        _wait_until_up(server, timeout)
+        _wait_until_up(name, server, probe, timeout)
         yield server
     finally:
         stop(process)
 
 
-def _wait_until_up(server: Server, timeout: float) -> None:
+def _wait_until_up(name: str, server: Server, probe: str, timeout: float) -> None:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            raise RetinoError(f"mlflow server exited with status {server.process.returncode} "
+            raise RetinoError(f"{name} exited with status {server.process.returncode} "
                               "before answering; its output above says why")  # fmt: skip
         try:
-            with opener.open(server.url + "/", timeout=5) as response:
+            with opener.open(server.url + probe, timeout=5) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, OSError):
             pass  # not listening yet
         time.sleep(0.25)
-    raise RetinoError(f"mlflow server did not answer at {server.url} within {timeout:.0f} s")
+    raise RetinoError(f"{name} did not answer at {server.url} within {timeout:.0f} s")
 
 
 def stop(process: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> None:

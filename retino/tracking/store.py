@@ -72,15 +72,18 @@ class Store:
         return found.experiment_id if found else None
 
 
-def check_server(root: Path, tries: int = PROBE_TRIES, timeout: float = PROBE_TIMEOUT_S) -> None:
+def check_server(
+    root: Path, tries: int = PROBE_TRIES, timeout: float = PROBE_TIMEOUT_S, uri: str | None = None
+) -> None:
     """A tracking server that does not answer is a one-line error, before a stage does any work.
 
     MLflow's client retries a dead server for about four minutes and then prints a traceback.
     This asks `<uri>/health` instead: any HTTP answer below 500 will do (a proxy may want a login,
     which MLflow's own calls then report); a refused connection, a timeout, a port that does not
     speak HTTP or a 5xx answer is tried again, `tries` times in all. A local store needs no check.
+    `uri`: another store than the project's (a sweep's, as recorded).
     """
-    uri = tracking_uri(root)
+    uri = uri or tracking_uri(root)
     if not is_server_uri(uri):
         return
     problem = ""
@@ -148,6 +151,8 @@ def _creation_lock(store: Store) -> Iterator[None]:
 
 def open_store(root: Path, experiment: str = DEFAULT_EXPERIMENT) -> tuple[Store, str]:
     """The project's store and the experiment's id, both created if needed (for writing)."""
+    from mlflow.exceptions import MlflowException
+
     store = Store(Path(root).resolve(), tracking_uri(root))
     _quiet()
     with _creation_lock(store):  # a new SQLite file is migrated on first use: inside the lock
@@ -156,9 +161,15 @@ def open_store(root: Path, experiment: str = DEFAULT_EXPERIMENT) -> tuple[Store,
             # A server stores artifacts itself (--serve-artifacts); a local store in <root>/mlruns,
             # fixed here: an experiment first created from a temp copy would freeze its path there
             location = None if is_server_uri(store.uri) else (store.root / "mlruns").as_uri()
-            experiment_id = retry(
-                lambda: store.client.create_experiment(experiment, artifact_location=location)
-            )
+            try:
+                experiment_id = retry(
+                    lambda: store.client.create_experiment(experiment, artifact_location=location)
+                )
+            except MlflowException as err:
+                # on a server, tasks starting together (a sweep) race to create it: one wins
+                if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                experiment_id = store.experiment_id(experiment)
     return store, experiment_id
 
 

@@ -149,11 +149,11 @@ def _qwk_of_counts(cm: np.ndarray) -> float:
     return quick_metrics(np.repeat(true, pairs), np.repeat(predicted, pairs))["qwk"]
 
 
-def _progress(loader: DataLoader, desc: str, job: Dist) -> tqdm:
-    """A bar on a terminal, in the main process only."""
+def _progress(loader: DataLoader, desc: str, job: Dist, show: bool = True) -> tqdm:
+    """A bar on a terminal, in the main process only (and where `show`)."""
     return tqdm(
         loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0,
-        disable=None if job.is_main else True,
+        disable=None if job.is_main and show else True,
     )  # fmt: skip
 
 
@@ -166,16 +166,18 @@ def predict(
     job: Dist = SINGLE,
     head: Head = CE,
     tta: bool = False,
+    progress: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(labels (N,), outputs (N, K)) for every sample of `loader`, in order: softmax
     probabilities or the regression score (`head.activate`). With `tta`, the mean output over
     the four flips of each image (flipping the normalised batch is flipping the photograph).
+    `progress=False`: no bar (a server grading many small requests at once).
 
     Under DDP each rank predicts its shard and every rank gets the whole, reassembled.
     """
     model.eval()
     labels, outputs = [], []
-    for images, y in _progress(loader, desc, job):
+    for images, y in _progress(loader, desc, job, progress):
         x = transform(images)
         views = [x.flip(dims) for dims in FLIPS] if tta else [x]
         with autocast(transform.device):

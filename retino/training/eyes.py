@@ -15,6 +15,7 @@ Fellows are found by name: Kaggle's EyePACS and the lab's layout call images
 `<patient>_<left|right>` (10_left.jpeg, 10_right.jpeg). Two images are fellows when they sit in
 the same folder and differ only in left/right; a name that does not follow the pattern (APTOS), a
 missing eye, or an eye given twice (10_left.jpeg and 10_left.png) leaves an image on its own.
+A caller that knows the pairs says so instead (`pair_index`: the served model's `eye_pair`).
 """
 
 import re
@@ -43,6 +44,20 @@ def fellow_index(paths: Sequence[str | Path]) -> np.ndarray:
         if len(sides["left"]) == 1 and len(sides["right"]) == 1:
             (left,), (right,) = sides["left"], sides["right"]
             fellow[left], fellow[right] = right, left
+    return fellow
+
+
+def pair_index(keys: Sequence[str]) -> np.ndarray:
+    """For each key, the index of the one other image with the same key, or -1: an empty key, or
+    one held by a single image or by more than two, pairs nothing."""
+    rows: dict[str, list[int]] = defaultdict(list)
+    for i, key in enumerate(keys):
+        if key:
+            rows[key].append(i)
+    fellow = np.full(len(keys), -1, dtype=np.int64)
+    for pair in rows.values():
+        if len(pair) == 2:
+            fellow[pair[0]], fellow[pair[1]] = pair[1], pair[0]
     return fellow
 
 

@@ -143,8 +143,7 @@ def _train(
 
         result = fit(trainee, loaders, cfg, done, on_epoch, job)
         best = checkpoint.load(ckpt_dir / BEST_FILE)
-        model = trainee.model
-        model.load_state_dict(best.model)
+        trainee.model.load_state_dict(best.model)
         calibration = _calibrate(cfg, trainee, loaders.val.dataset, device.type == "cuda")
         checkpoint.save(
             dataclasses.replace(
@@ -159,15 +158,13 @@ def _train(
         reports = _reports(result, loaders.val.dataset.labels.numpy(), calibration)
         (ckpt_dir / "history.csv").write_text(reports["history.csv"])  # logged under this name
         run.log_artifact(ckpt_dir / "history.csv")
-        size = cfg.data.image_size
-        # best.pt once, as the model: its config, mean/std and calibration in the metadata are
-        # what `retino predict` needs besides the weights
+        # best.pt once, as the model that grades photographs; the metadata shows in the UI
+        # what best.pt holds besides the weights
         metadata = {"config": cfg.to_dict(), "normalisation": normalisation,
                     "best_epoch": result.best_epoch, "thresholds": calibration.thresholds,
                     "eye_weight": calibration.eye_weight}  # fmt: skip
-        # batch of 2: an example batch of 1 would freeze the exported graph to batch size 1
-        example = np.zeros((2, 3, size, size), dtype=np.float32)
-        run.log_model(model.cpu().float(), example, variant(cfg.arch, cfg.pretrained), metadata)
+        run.log_model(ckpt_dir / BEST_FILE, variant(cfg.arch, cfg.pretrained), trainee.head.columns,
+                      calibration.eye_weight is not None, metadata)  # fmt: skip
     # The run is logged: only now replace the previous run's reports, which DVC keeps
     # (persist: true), so a failed training leaves them as they were.
     for name, text in reports.items():

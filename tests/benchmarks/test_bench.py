@@ -83,3 +83,31 @@ def test_runs_from_the_source_tree_without_mlflow_or_dvc(tiny_source):
     imported = [line for line in proc.stderr.splitlines() if line.startswith("import time:")]
     assert len(imported) > 100  # -X importtime did report
     assert not [line for line in imported if "mlflow" in line or "dvc" in line]
+
+
+def test_bench_intervals_times_the_bootstrap_against_the_plain_loop(capsys):
+    assert main(["bench", "intervals", "--images", "400", "--resamples", "50", "--loop", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("retino bench intervals: 400 test images, 200 patients, 50 resamples")
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["patients"] == 200 and result["vectorised_s"] > 0
+    assert result["ratio"] > 1  # even at this size the loop over resamples is slower
+
+
+@pytest.mark.slow  # a real model server
+def test_bench_serve_loads_a_served_model_beside_retino_predict():
+    argv = ["bench", "serve", "--requests", "6", "--concurrency", "3", "--distinct", "2",
+            "--frame", "320x240", "--size", "32", "--rounds", "1", "--near-limit", "1"]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "retino", *argv], cwd=ROOT, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["errors"] == 0 and result["requests"] == 6 and result["concurrency"] == 3
+    assert result["served_images_per_s"] > 0 and result["predict_images_per_s"] > 0
+    ratio = result["served_images_per_s"] / result["predict_images_per_s"]
+    assert abs(result["ratio"] - ratio) < 0.01
+    assert len(result["rss_mb"]) == 3 and all(mb > 100 for mb in result["rss_mb"])
+    assert len(result["near_limit_rss_mb"]) == 1
+    assert "served" in proc.stdout and "retino predict" in proc.stdout

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retino.data.images import ImageError, decode_rgb, inspect
+from retino.data.images import ImageError, Upload, decode_rgb, inspect
 
 LIMIT = 36_000_000
 
@@ -100,3 +100,26 @@ def test_missing_empty_and_foreign_files(tmp_path, content, message):
         path.write_bytes(content)
     with pytest.raises(ImageError, match=message):
         inspect(path, LIMIT)
+
+
+def test_an_upload_is_read_as_its_file_is(tmp_path):
+    path = jpeg(tmp_path / "photo.jpeg", (640, 480))
+    upload = Upload("row 3", path.read_bytes())
+    assert inspect(upload, LIMIT) == (640, 480)
+    assert np.array_equal(decode_rgb(upload, LIMIT, 60), decode_rgb(path, LIMIT, 60))
+    claim_size(path, 20000, 20000)
+    with pytest.raises(ImageError, match=r"^image row 3 is .* megapixels, over the limit of 36"):
+        decode_rgb(Upload("row 3", path.read_bytes()), LIMIT)
+    with pytest.raises(ImageError, match=r"^image row 3 is empty \(0 bytes\)"):
+        inspect(Upload("row 3", b""), LIMIT)
+
+
+def test_an_upload_must_be_a_jpeg_or_a_png(tmp_path):
+    for kind in ("GIF", "BMP", "TIFF"):
+        buffer = io.BytesIO()
+        Image.new("RGB", (30, 20)).save(buffer, kind)
+        path = tmp_path / f"x.{kind.lower()}"
+        path.write_bytes(buffer.getvalue())
+        assert inspect(path, LIMIT) == (30, 20)  # a file its owner chose: read
+        with pytest.raises(ImageError, match=r"^row 1 is not a JPEG or PNG image; replace it"):
+            inspect(Upload("row 1", buffer.getvalue()), LIMIT)

@@ -20,7 +20,6 @@ from retino.training.engine import FLIPS, predict
 from retino.training.heads import Head
 from retino.training.models import build_model
 from retino.training.thresholds import cut
-from retino.training.train import train
 from tests.conftest import prepare_and_cache, tiny_config
 
 
@@ -65,7 +64,7 @@ def test_predictions_match_the_evaluate_stage(workspace, tmp_path, capfd):
     ckpt = workspace / "models" / "best.pt"
     pred = load_predictor(str(ckpt), "cpu")
     evaluate_test(pred, cached_test(pred, workspace / "prepared", workspace / "preprocessed"),
-                  tmp_path / "eval")  # fmt: skip
+                  tmp_path / "eval", resamples=0, seed=0)  # fmt: skip
     expected = pd.read_csv(tmp_path / "eval" / "predictions.csv")
 
     code, err = run_cli(["predict", workspace / "data" / "images", "--model", ckpt,
@@ -145,12 +144,14 @@ def test_a_regression_model_is_evaluated_on_its_score(workspace, tmp_path):
                             thresholds=THRESHOLDS, train__loss="regression")  # fmt: skip
     pred = load_predictor(str(model), "cpu")
     cached = cached_test(pred, workspace / "prepared", workspace / "preprocessed")
-    metrics, table = evaluate_test(pred, cached, tmp_path / "eval")
+    metrics, table = evaluate_test(pred, cached, tmp_path / "eval", resamples=50, seed=0)
     assert list(table.columns) == ["image", "label", "predicted", "score"]
     assert (table.predicted == cut(table.score.to_numpy(), THRESHOLDS)).all()
     ce_pred = load_predictor(str(workspace / "models" / "best.pt"), "cpu")
-    ce_metrics, _ = evaluate_test(ce_pred, cached, tmp_path / "ce")
-    assert metrics.keys() == ce_metrics.keys()  # the same report for both heads
+    ce_metrics, _ = evaluate_test(ce_pred, cached, tmp_path / "ce", resamples=50, seed=0)
+    # the same report for both heads, intervals included; no calibration error for a score
+    assert metrics.keys() == ce_metrics.keys() - {"referable_ece"}
+    assert metrics["qwk_lo"] <= metrics["qwk"] <= metrics["qwk_hi"]
     assert pd.read_csv(tmp_path / "eval" / "predictions.csv").columns[-1] == "score"
 
 
@@ -219,26 +220,6 @@ def test_damaged_checkpoint_is_rejected(workspace, tmp_path, capfd):
     assert code == 2 and err.count("\n") == 1 and "damaged checkpoint" in err
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_source, tmp_path_factory) -> Path:
-    """A project trained by the train step (1 epoch) as DVC experiment `tiny-exp`: an MLflow
-    store with one finished run and its logged model (best.pt, with config and mean/std)."""
-    root = tmp_path_factory.mktemp("trained")
-    shutil.copytree(tiny_source, root / "data")
-    cfg = tiny_config(train__epochs=1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.setenv("DVC_ROOT", str(root))
-        mp.setenv("DVC_EXP_NAME", "tiny-exp")
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        prepare_and_cache(root / "data", root, cfg)
-        train(
-            cfg, root / "prepared", root / "preprocessed", root / "models", root / "reports",
-            root / "ckpt",
-        )  # fmt: skip
-    return root
-
-
 @pytest.fixture
 def in_trained(trained, monkeypatch) -> Path:
     monkeypatch.chdir(trained)
@@ -248,8 +229,6 @@ def in_trained(trained, monkeypatch) -> Path:
 
 
 def test_registry_round_trip(in_trained, tmp_path, capfd):
-    import mlflow.pyfunc
-
     run_id = json.loads((in_trained / "models" / "run.json").read_text())["run_id"]
     best = checkpoint.load(in_trained / "models" / "best.pt")  # train stores the normalisation
     stats = read_index(in_trained / "preprocessed")
@@ -269,15 +248,6 @@ def test_registry_round_trip(in_trained, tmp_path, capfd):
         tables[source] = pd.read_csv(tmp_path / f"{i}.csv")
     for source in sources[1:]:
         pd.testing.assert_frame_equal(tables[source], tables["models/best.pt"])
-
-    # the registered MLflow model: same normalised input -> logits whose softmax is predict's
-    pred = load_predictor("models:/retino-dr@champion", "cpu")
-    photos = pred.photos(images)
-    batch = torch.stack([photos[i][0] for i in range(len(images))])
-    x = pred.transform(batch).numpy()
-    logits = np.asarray(mlflow.pyfunc.load_model("models:/retino-dr@champion").predict(x))
-    probs = torch.softmax(torch.as_tensor(logits), 1).numpy()
-    np.testing.assert_allclose(probs, tables["models/best.pt"][PROBS].to_numpy(), atol=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -326,7 +296,7 @@ def test_a_raw_camera_frame_is_graded_as_its_cached_twin(tmp_path, capfd):
     save_checkpoint(tmp_path / "best.pt", tmp_path / "preprocessed")
     pred = load_predictor(str(tmp_path / "best.pt"), "cpu")
     cached = cached_test(pred, tmp_path / "prepared", tmp_path / "preprocessed")
-    _, evaluated = evaluate_test(pred, cached, tmp_path / "eval")
+    _, evaluated = evaluate_test(pred, cached, tmp_path / "eval", resamples=0, seed=0)
 
     frames = [tmp_path / "data" / p for p in evaluated.image]
     assert Image.open(frames[0]).size == (1000, 700)

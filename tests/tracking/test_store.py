@@ -1,5 +1,6 @@
 """check_server: a tracking server that does not answer is one line within seconds, before any
-work, instead of MLflow's four minutes of retries and a long traceback."""
+work, instead of MLflow's four minutes of retries and a long traceback. open_store: the
+experiment, whoever creates it first."""
 
 import http.server
 import os
@@ -15,7 +16,7 @@ import pytest
 import yaml
 
 from retino.errors import RetinoError
-from retino.tracking.store import check_server
+from retino.tracking.store import Store, check_server, open_store
 from tests.conftest import ROOT, tiny_config
 
 
@@ -138,3 +139,19 @@ def test_the_train_stage_fails_before_training(tmp_path):
     assert proc.stderr.startswith(f"error: MLflow tracking server {uri} ")
     assert proc.stderr.count("\n") == 1 and "connection refused" in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # nothing started
+
+
+def test_an_experiment_created_meanwhile_by_another_process(monkeypatch, tmp_path):
+    """Tasks of a sweep start together on a fresh tracking server: each finds no experiment,
+    one creates it, and the others must use it rather than fail."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    _, created = open_store(tmp_path)  # the other process, first
+    looked = []
+    real = Store.experiment_id
+
+    def too_early(self, name):  # our first look came before it was created
+        looked.append(name)
+        return None if len(looked) == 1 else real(self, name)
+
+    monkeypatch.setattr(Store, "experiment_id", too_early)
+    assert open_store(tmp_path)[1] == created and len(looked) == 2

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from retino.training.eyes import blend, fellow_index, fit_eye_weight
+from retino.training.eyes import blend, fellow_index, fit_eye_weight, pair_index
 from retino.training.heads import CE, Head
 
 
@@ -17,6 +17,12 @@ def test_fellows_are_the_other_eye_of_the_same_patient_in_the_same_folder():
     ]  # fmt: skip
     assert fellow_index(paths).tolist() == [1, 0, -1, -1, -1, -1, -1, -1, -1, -1]
     assert fellow_index([]).tolist() == []
+
+
+def test_given_keys_pair_exactly_two_rows():
+    keys = ["p1", "p2", "p1", "", "", "p3", "p3", "p3", "p4"]  # p3 three times: ambiguous
+    assert pair_index(keys).tolist() == [2, -1, 0, -1, -1, -1, -1, -1, -1]
+    assert pair_index([]).tolist() == []
 
 
 def test_blend_mixes_paired_rows_only():

@@ -17,6 +17,8 @@ import torch
 import yaml
 
 from retino.errors import RetinoError
+from retino.tracking.registry import load_logged_model
+from retino.tracking.store import existing_store
 from retino.training import checkpoint
 from retino.training.train import train
 from tests.conftest import ROOT, tiny_config
@@ -89,10 +91,14 @@ def test_learns_and_logs_everything_to_mlflow(project):
     assert {a.path for a in client.list_artifacts(run_id)} == {"history.csv"}  # no best.pt copy
     (logged_model,) = client.search_logged_models([run.experiment_id])
     assert logged_model.name == "resnet18-scratch" and logged_model.source_run_id == run_id
-    model = mlflow.pytorch.load_model(f"models:/{logged_model.model_id}")
-    assert model(torch.zeros(3, 3, 32, 32)).shape == (3, 5)  # any batch size, five grades
+    # the model grades photographs: best.pt inside, a signature that says so
+    model = mlflow.pyfunc.load_model(f"models:/{logged_model.model_id}")
+    assert model.metadata.get_input_schema().input_names() == ["image", "id", "eye_pair"]
+    assert model.metadata.metadata["retino_model"] == 1
     best = checkpoint.load(project / "models" / "best.pt")
-    assert all(torch.equal(v, best.model[k]) for k, v in model.state_dict().items())
+    logged = load_logged_model(existing_store(project), run_id)
+    assert all(torch.equal(v, best.model[k]) for k, v in logged.model.items())
+    assert (logged.config, logged.normalisation) == (best.config, best.normalisation)
     assert str(project / "mlruns") in run.artifact_uri
 
     # the Dataset column: the split tables, by context, with the DVC data version as source
