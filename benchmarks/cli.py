@@ -30,13 +30,30 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--size", type=_positive, default=512, help="image side (default 512)")
     q.add_argument("--batch-size", type=_positive, default=16, help="default 16")
     q.add_argument("--batches", type=_positive, default=20, help="timed per path (default 20)")
+    q = what.add_parser("preprocess", help="the preprocess stage: CPU processes vs nvJPEG")
+    q.add_argument("--data", type=Path, required=True, help="dataset root (camera frames)")
+    q.add_argument("--size", type=_positive, default=512, help="image side (default 512)")
+    q.add_argument("--images", type=_positive, default=256, help="train images (default 256)")
     q = what.add_parser("train", help="train steps: loading, forward, backward, optimizer step")
     q.add_argument("--data", type=Path, required=True, help="dataset root in the lab layout")
     q.add_argument("--arch", required=True, help="resnet18, resnet34, resnet50 ...")
     q.add_argument("--size", type=_positive, required=True, help="image side in pixels")
     q.add_argument("--batch-size", type=_positive, default=32, help="default 32")
     q.add_argument("--batches", type=_positive, default=10, help="timed per path (default 10)")
-    q.add_argument("--compile", action="store_true", help="retino's model via torch.compile")
+    q.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        metavar="MODE",
+        help="retino's model via torch.compile in MODE (default; reduce-overhead adds CUDA "
+        "graphs; max-autotune, max-autotune-no-cudagraphs)",
+    )
+    q.add_argument(
+        "--no-lab-report",
+        dest="lab_report",
+        action="store_false",
+        help="leave out the lab report's loop (more batch sizes or modes in one session)",
+    )
     q = what.add_parser(
         "intervals",
         help="the evaluate stage's bootstrap intervals against a loop over resamples",
@@ -202,10 +219,13 @@ def main(argv: list[str] | None = None) -> int:
                     args.workers, args.arch, args.size, args.rounds, args.near_limit,
                     args.threads or None)  # fmt: skip
         return 0
-    from benchmarks.bench import bench_input, bench_train  # torch: after the arguments parse
+    from benchmarks.bench import bench_input, bench_preprocess, bench_train  # torch: after
 
     if args.what == "input":
         bench_input(args.data, args.size, args.batch_size, args.batches)
+    elif args.what == "preprocess":
+        bench_preprocess(args.data, args.size, args.images)
     else:
-        bench_train(args.data, args.arch, args.size, args.batch_size, args.batches, args.compile)
+        bench_train(args.data, args.arch, args.size, args.batch_size, args.batches, args.compile,
+                    args.lab_report)  # fmt: skip
     return 0

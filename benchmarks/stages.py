@@ -118,7 +118,7 @@ def train(args: dict) -> Work:
     cache, prepared = work_dir / args["cache"], work_dir / "prepared"
     device = resolve_device(cfg.train.device)
     index = open_index(cache, cfg.data.image_size, cfg.preprocess.normalize)
-    loaders = build_loaders(cfg, prepared, cache, device.type == "cuda", Dist())
+    loaders = build_loaders(cfg, prepared, cache, device, Dist())
     torch.manual_seed(cfg.seed)
     normalisation = {"mean": index["mean"], "std": index["std"]}
     t = build_trainee(cfg, loaders, normalisation, device, Dist())

@@ -193,6 +193,11 @@ class DataConfig(_Checked):
         Integer(-1, 64), "loader processes; -1 = none on CPU, one per core (at most 8) with a GPU"
     )
     stats_images: int = param(Integer(1), "train images sampled for the channel mean/std")
+    cache_device: str = param(
+        Choice(("auto", "cpu", "cuda")),
+        "CUDA training: cuda = the splits in GPU memory, cpu = streamed from the file, auto = in "
+        "GPU memory while they take at most half of it (free); CPU training reads the file",
+    )
 
 
 @dataclass(frozen=True)
@@ -202,6 +207,10 @@ class PreprocessConfig(_Checked):
         Choice(("none", "graham")), "graham: Graham's local-contrast normalisation"
     )
     workers: int = param(Integer(-1, 1024), "processes decoding the images; -1 = one per core")
+    device: str = param(
+        Choice(("auto", "cpu", "cuda")),
+        "cuda: JPEGs decoded (nvJPEG), cropped and resized on the GPU; auto = cuda when present",
+    )
 
 
 @dataclass(frozen=True)

@@ -34,12 +34,13 @@ def tiny_data(tiny_source, tmp_path) -> Path:
 
 def tiny_config(**overrides) -> Config:
     """The committed params.yaml shrunk: 32 px, 2 epochs, main-process loading, no warp or
-    jitter. `train__lr=0.1` overrides train.lr."""
+    jitter, CPU decoding. `train__lr=0.1` overrides train.lr."""
     raw = load_yaml(ROOT / "params.yaml")
     tiny = {
         "seed": 7,
         "data__image_size": 32, "data__num_workers": 0, "data__val_fraction": 0.25,
         "data__stats_images": 16,
+        "preprocess__device": "cpu",  # the same cache bytes on a GPU machine: tests compare them
         "train__epochs": 2, "train__batch_size": 8, "train__lr": 0.003, "train__warmup_epochs": 0,
         "train__augment__rotation": 0.0, "train__augment__scale_min": 1.0,
         "train__augment__color_jitter": 0.0,

@@ -44,6 +44,11 @@ class CachedImages(Dataset):
             self._images = np.load(self.path, mmap_mode="r")
         return self._images
 
+    @property
+    def nbytes(self) -> int:
+        """Size of the array (read from its header; the file stays unmapped here)."""
+        return np.load(self.path, mmap_mode="r").nbytes
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = np.ascontiguousarray(self.images[index].transpose(2, 0, 1))
         return torch.from_numpy(image), self.labels[index]

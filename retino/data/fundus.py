@@ -32,7 +32,21 @@ def preprocess_image(source: Source, size: int, normalize: str, max_pixels: int)
 
 
 def find_disc(image: Image.Image) -> tuple[float, float, float]:
-    """(cx, cy, r) of the retina disc in `image`'s pixels.
+    """(cx, cy, r) of the retina disc in `image`'s pixels, found on a small copy of it."""
+    width, height = image.size
+    probe = image.resize(probe_size(width, height), Image.Resampling.BOX)
+    return disc_in_probe(np.asarray(probe, dtype=np.float32).max(axis=2), width, height)
+
+
+def probe_size(width: int, height: int) -> tuple[int, int]:
+    """(width, height) of the copy the disc is found on: PROBE_SIDE on the longer side."""
+    scale = PROBE_SIDE / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def disc_in_probe(lum: np.ndarray, width: int, height: int) -> tuple[float, float, float]:
+    """(cx, cy, r) of the disc in the pixels of a width x height image, from `lum` (its probe's
+    per-pixel channel maximum, float32) — the one rule for the CPU and the GPU path.
 
     Threshold: brighter than the dark frame (its noise stays under ~12/255; a dim retina rim is
     still several times that). Rows and columns count as retina when a few per cent of their
@@ -41,11 +55,7 @@ def find_disc(image: Image.Image) -> tuple[float, float, float]:
     where the disc is widest. An image without a dark frame (already cropped) or without any
     bright region is treated as a disc filling the image.
     """
-    width, height = image.size
     scale = PROBE_SIDE / max(width, height)
-    probe = image.resize((max(1, round(width * scale)), max(1, round(height * scale))),
-                         Image.Resampling.BOX)  # fmt: skip
-    lum = np.asarray(probe, dtype=np.float32).max(axis=2)
     threshold = max(20.0, 0.15 * float(np.percentile(lum, 99)))
     mask = lum > threshold
     row_fill, col_fill = mask.mean(axis=1), mask.mean(axis=0)
@@ -61,11 +71,14 @@ def find_disc(image: Image.Image) -> tuple[float, float, float]:
     return (left + right) / 2 / scale, cy / scale, r / scale
 
 
+def disc_box(cx: float, cy: float, r: float) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the square around the disc, in whole pixels."""
+    return round(cx - r), round(cy - r), round(cx + r), round(cy + r)
+
+
 def crop_disc(image: Image.Image, size: int) -> np.ndarray:
     """(size, size, 3) uint8: the square around the disc (black where it leaves the photo)."""
-    cx, cy, r = find_disc(image)
-    box = (round(cx - r), round(cy - r), round(cx + r), round(cy + r))
-    square = image.crop(box)  # pads with black outside the image
+    square = image.crop(disc_box(*find_disc(image)))  # pads with black outside the image
     return np.asarray(square.resize((size, size), Image.Resampling.LANCZOS))
 
 

@@ -56,7 +56,7 @@ class ImageError(RetinoError):
 def inspect(source: Source, max_pixels: int) -> tuple[int, int]:
     """(width, height) from the header; ImageError if the file is missing, empty, no image, too
     large or not 8-bit. Reads no pixel data."""
-    size, _, _ = _header(_as_source(source), max_pixels)
+    size, _, _ = header(_as_source(source), max_pixels)
     return size
 
 
@@ -68,10 +68,10 @@ def decode_rgb(source: Source, max_pixels: int, min_side: int | None = None) -> 
     (n/8) that keeps both sides at or above it. None: full resolution.
     """
     source = _as_source(source)
-    _, mode, kind = _header(source, max_pixels)
+    _, mode, kind = header(source, max_pixels)
     try:
         data = source.data if isinstance(source, Upload) else source.read_bytes()
-        if kind in ("JPEG", "MPO") and mode != "CMYK":  # libjpeg-turbo converts all but CMYK
+        if is_jpeg(mode, kind):
             side = min_side or 0
             return simplejpeg.decode_jpeg(data, "RGB", min_height=side, min_width=side, strict=True)
         with Image.open(io.BytesIO(data)) as image:
@@ -81,12 +81,28 @@ def decode_rgb(source: Source, max_pixels: int, min_side: int | None = None) -> 
         raise ImageError(_unreadable(source, err)) from None
 
 
+def is_jpeg(mode: str, kind: str) -> bool:
+    """Whether a file of this header is decoded as a JPEG (libjpeg-turbo, or nvJPEG on a GPU):
+    every JPEG but CMYK ones, which go through Pillow."""
+    return kind in ("JPEG", "MPO") and mode != "CMYK"
+
+
+def dct_scaled_size(width: int, height: int, min_side: int) -> tuple[int, int]:
+    """(width, height) `decode_rgb` decodes a width x height JPEG at for `min_side`: the smallest
+    DCT scale n/8 keeping both sides at least min_side (libjpeg-turbo rounds up), else full."""
+    for n in range(1, 9):
+        scaled = -(-width * n // 8), -(-height * n // 8)
+        if min(scaled) >= min_side:
+            return scaled
+    return width, height
+
+
 def _as_source(source: Source | str) -> Source:
     return source if isinstance(source, Upload) else Path(source)
 
 
-def _header(source: Source, max_pixels: int) -> tuple[tuple[int, int], str, str]:
-    """(size, mode, format) of the image, checked (see `inspect`)."""
+def header(source: Source, max_pixels: int) -> tuple[tuple[int, int], str, str]:
+    """(size, mode, format) of the image (a file, or an upload's bytes), checked (see `inspect`)."""
     upload = isinstance(source, Upload)
     if not upload and not source.is_file():
         raise ImageError(f"image {source} not found; add it or remove the row")

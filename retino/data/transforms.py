@@ -51,8 +51,10 @@ class BatchTransform:
             hflip, vflip = (u[:, 0] < cfg.hflip).tolist(), (u[:, 1] < cfg.vflip).tolist()
         warp = cfg is not None and (cfg.rotation > 0 or cfg.scale_min < 1 or cfg.color_jitter > 0)
         images = images.to(self.device, non_blocking=True)
+        if u is not None and self.device.type == "cuda":
+            u = u.pin_memory().to(self.device, non_blocking=True)  # a pageable copy would block
         # the warp and the jitter work on 0-255 pixels: normalise after them
-        x = self._to_float(images, hflip, vflip, normalise=not warp)
+        x = self._to_float(images, hflip, vflip, normalise=not warp, u=u)
         if warp:
             u = u.to(self.device)
             if cfg.rotation > 0 or cfg.scale_min < 1:
@@ -63,10 +65,16 @@ class BatchTransform:
         return x.contiguous(memory_format=self.memory_format)
 
     def _to_float(
-        self, images: torch.Tensor, hflip: list[bool], vflip: list[bool], normalise: bool
+        self,
+        images: torch.Tensor,
+        hflip: list[bool],
+        vflip: list[bool],
+        normalise: bool,
+        u: torch.Tensor | None,
     ) -> torch.Tensor:
         """float32 copy of uint8 `images`, image i mirrored left-right if hflip[i] and upside
-        down if vflip[i] (exact: flipping before or after the conversion is the same)."""
+        down if vflip[i] (exact: flipping before or after the conversion is the same); on a
+        GPU the flips come from the draws `u` on the device (the same comparisons)."""
         if images.device.type == "cpu":
             out = torch.empty(images.shape, dtype=torch.float32)
             src, dst = images.numpy(), out.numpy()
@@ -86,11 +94,13 @@ class BatchTransform:
             memory_format=self.memory_format,
         )
         if any(hflip) or any(vflip):
-            for i, (h, v) in enumerate(zip(hflip, vflip, strict=True)):
-                dims = [d for d, flip in ((-1, h), (-2, v)) if flip]
-                out[i].copy_(images[i].flip(dims) if dims else images[i])
-        else:
-            out.copy_(images)
+            # the same draws as the host's lists, compared on the device: one pass per
+            # direction for the whole batch, not two kernels per image
+            cfg = self.augment
+            h, v = (u[:, 0] < cfg.hflip).view(-1, 1, 1, 1), (u[:, 1] < cfg.vflip).view(-1, 1, 1, 1)
+            images = torch.where(h, images.flip(-1), images)
+            images = torch.where(v, images.flip(-2), images)
+        out.copy_(images)
         return out.sub_(self.mean).div_(self.std) if normalise else out
 
 

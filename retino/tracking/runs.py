@@ -26,9 +26,9 @@ INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
 # Where and how a run executes, not what it learns: tags, so that params are the knobs worth
 # comparing. The device is "where" (the `device` tag names the one resolved from `auto`);
 # eval.batch_size only sets how many images one forward pass of a frozen model takes.
-SETUP_KEYS = ("data.num_workers", "preprocess.workers", "train.device", "train.master_addr",
-              "train.master_port", "train.node_rank", "train.dist_timeout",
-              "eval.batch_size")  # fmt: skip
+SETUP_KEYS = ("data.num_workers", "data.cache_device", "preprocess.workers", "preprocess.device",
+              "train.device", "train.master_addr", "train.master_port", "train.node_rank",
+              "train.dist_timeout", "eval.batch_size")  # fmt: skip
 DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
 DATA_DVC = Path("data.dvc")  # the data version: its md5, relative to the stage's workspace
 

@@ -98,40 +98,29 @@ def train_one_epoch(
     """One epoch (1-based `epoch`) of optimisation: mean loss, accuracy and QWK of the
     (augmented) batches as they were trained on (`head.batch_grades`), and throughput; a loss
     that is not finite is a RetinoError. Under DDP the sums and the confusion matrix are reduced
-    across ranks, so QWK is exactly that of all ranks' predictions together."""
+    across ranks, so QWK is exactly that of all ranks' predictions together.
+
+    The running sums stay on the device and are read about once a second (the progress bar,
+    the non-finite check) and at the end: reading a CUDA value makes the host wait for the GPU,
+    and a wait per step would leave the GPU idle while the next step is queued.
+    """
     model.train()
     device = transform.device
-    total_loss, correct, seen = 0.0, 0, 0
-    counts = torch.zeros(NUM_CLASSES * NUM_CLASSES, dtype=torch.int64, device=device)
-    start = time.perf_counter()
+    sums = EpochSums(device)
+    start = shown = time.perf_counter()
     bar = _progress(loader, desc, job)
     for step, (images, labels) in enumerate(bar, start=1):
         loss, logits, y = train_step(
             model, images, labels, transform, optimizer, criterion, generator
         )
-        n = len(y)
-        value = loss.item()  # the one sync per step the running mean needs anyway
-        if not math.isfinite(value):  # the weights are ruined: stop, don't publish NaN
-            lr = optimizer.param_groups[0]["lr"]
-            raise RetinoError(
-                f"epoch {epoch}, step {step}: training loss is {value}; the learning rate is "
-                f"likely too high (train.lr, {lr:g} at this step), or the input normalisation "
-                "bad (the mean/std of prepared/stats.json); lower train.lr or rerun prepare"
-            )
-        predicted = head.batch_grades(logits)
-        total_loss += value * n
-        correct += (predicted == y).sum().item()
-        counts += torch.bincount(y * NUM_CLASSES + predicted, minlength=NUM_CLASSES**2)
-        seen += n
-        rate = seen / (time.perf_counter() - start)
-        bar.set_postfix(
-            loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}", img_s=f"{rate:.0f}"
-        )
+        sums.add(step, loss, head.batch_grades(logits), y)
+        if time.perf_counter() - shown >= READ_EVERY_S:
+            _show(bar, sums.read(epoch, optimizer), start)
+            shown = time.perf_counter()
     seconds = time.perf_counter() - start
+    total_loss, correct, seen, counts = sums.read(epoch, optimizer)
     # one collective for all: float64 holds counts exactly up to 2**53
-    total_loss, correct, seen, *cells = all_sum(
-        job, [total_loss, correct, seen, *counts.tolist()], device
-    )
+    total_loss, correct, seen, *cells = all_sum(job, [total_loss, correct, seen, *counts], device)
     qwk = _qwk_of_counts(np.asarray(cells, dtype=np.int64).reshape(NUM_CLASSES, NUM_CLASSES))
     return {
         "loss": total_loss / seen,
@@ -139,6 +128,60 @@ def train_one_epoch(
         "qwk": qwk,
         "images_per_s": seen / seconds,
     }
+
+
+READ_EVERY_S = 1.0  # the progress bar's pace (tqdm's mininterval): a host sync at most this often
+
+
+class EpochSums:
+    """An epoch's running loss, accuracy and confusion counts, kept on the device, and the first
+    step whose loss was not finite (its number and value), found without reading every loss."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.seen = 0  # batch sizes are known on the host
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)  # sum of loss * n
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.counts = torch.zeros(NUM_CLASSES**2, dtype=torch.int64, device=device)
+        self.bad_step = torch.zeros((), dtype=torch.int64, device=device)  # 0: none yet
+        self.bad_loss = torch.zeros((), dtype=torch.float32, device=device)
+
+    def add(self, step: int, loss: torch.Tensor, predicted: torch.Tensor, y: torch.Tensor) -> None:
+        n = len(y)
+        loss = loss.detach()
+        # float64 as Python's float was: loss * n summed in the same order, bit for bit
+        self.loss += loss.double() * n
+        self.correct += (predicted == y).sum()
+        # index_add_, not bincount: bincount on CUDA reads its input's maximum (a host sync)
+        cells = y * NUM_CLASSES + predicted
+        self.counts.index_add_(0, cells, torch.ones_like(cells))
+        first = (self.bad_step == 0) & ~torch.isfinite(loss)
+        self.bad_step.copy_(torch.where(first, step, self.bad_step))
+        self.bad_loss.copy_(torch.where(first, loss.float(), self.bad_loss))
+        self.seen += n
+
+    def read(self, epoch: int, optimizer: torch.optim.Optimizer) -> tuple[float, int, int, list]:
+        """(loss sum, correct, seen, confusion counts) so far, one host sync; a RetinoError
+        naming the epoch and step if a loss was not finite: the weights are ruined, so stop
+        rather than publish NaN."""
+        bad_step, bad_loss, total, correct, *counts = torch.cat([
+            self.bad_step.view(1).double(), self.bad_loss.view(1).double(),
+            self.loss.view(1), self.correct.view(1).double(), self.counts.double(),
+        ]).tolist()  # fmt: skip
+        if bad_step:
+            lr = optimizer.param_groups[0]["lr"]  # the schedule steps per epoch
+            raise RetinoError(
+                f"epoch {epoch}, step {int(bad_step)}: training loss is {bad_loss}; the learning "
+                f"rate is likely too high (train.lr, {lr:g} at this step), or the input "
+                "normalisation bad (the mean/std of prepared/stats.json); lower train.lr or rerun "
+                "prepare"
+            )
+        return total, int(correct), self.seen, [int(c) for c in counts]
+
+
+def _show(bar: tqdm, sums: tuple[float, int, int, list], start: float) -> None:
+    total, correct, seen, _ = sums
+    rate = seen / (time.perf_counter() - start)
+    bar.set_postfix(loss=f"{total / seen:.4f}", acc=f"{correct / seen:.3f}", img_s=f"{rate:.0f}")
 
 
 def _qwk_of_counts(cm: np.ndarray) -> float:
@@ -280,7 +323,8 @@ def fit(
         trains_backbone = epoch >= tc.freeze_epochs
         if trains_backbone != net_trains_backbone:  # DDP must be rebuilt when that set changes
             set_backbone_trainable(trainee.model, trains_backbone)
-            net, net_trains_backbone = _wrap(trainee.model, tc, job, device), trains_backbone
+            net = _wrap(trainee.model, tc, job, device, cfg.data.image_size)
+            net_trains_backbone = trains_backbone
         lr = trainee.optimizer.param_groups[0]["lr"]
         sampler.set_epoch(epoch)
         aug_gen = epoch_generator(cfg.seed, epoch, job.rank)  # each rank its own draws
@@ -321,14 +365,35 @@ def fit(
     return result
 
 
-def _wrap(model: nn.Module, cfg: TrainConfig, job: Dist, device: torch.device) -> nn.Module:
+def _wrap(
+    model: nn.Module, cfg: TrainConfig, job: Dist, device: torch.device, image_size: int
+) -> nn.Module:
     """The module the steps run through: DDP under torchrun, optionally torch.compile'd."""
     net = model
     if job.enabled:
         net = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    return torch.compile(net) if cfg.compile else net
+    return compiled(net, image_size, job) if cfg.compile else net
+
+
+# torch.compile's mode for train.compile, chosen by measurement: `retino bench train --compile
+# MODE` times each (benchmarks/README.md, "GPU"). "reduce-overhead" adds CUDA graphs.
+COMPILE_MODE = "default"
+FINAL_STRIDE = 32  # a ResNet's last feature map is ceil(size / 32) pixels wide
+
+
+def compiled(
+    net: nn.Module, image_size: int, job: Dist = SINGLE, mode: str = COMPILE_MODE
+) -> nn.Module:
+    """`net` through torch.compile, except where the last feature map is 1 x 1 (32 px images):
+    there a size-1 dimension has two valid strides, cuDNN's backward may return the other one
+    than inductor assumed, and the compiled backward fails on its stride check (seen on an
+    H200 at 32 px). One pixel per channel leaves nothing for a compiler to gain anyway."""
+    if math.ceil(image_size / FINAL_STRIDE) < 2:
+        _say(job, f"train.compile: not at {image_size} px (a 1 x 1 final feature map); eager")
+        return net
+    return torch.compile(net, mode=mode)
 
 
 def _say(job: Dist, message: str) -> None:

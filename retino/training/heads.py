@@ -10,6 +10,7 @@
 average them, the same way for both heads.
 """
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,7 +49,7 @@ class Head:
         validation only, never on what the model is trained on)."""
         if not self.regression:
             return logits.argmax(1)
-        bounds = torch.tensor(cuts.DEFAULT, device=logits.device)
+        bounds = _rounding_bounds(logits.device)
         return torch.bucketize(logits[:, 0].float().contiguous(), bounds, right=True)
 
     def grades(self, outputs: np.ndarray, thresholds: list[float] | None = None) -> np.ndarray:
@@ -96,3 +97,10 @@ class Head:
 
 
 CE = Head("ce")
+
+
+@functools.cache
+def _rounding_bounds(device: torch.device) -> torch.Tensor:
+    """The rounding cut points on `device`, made once: a fresh host-to-GPU copy every step
+    would make the host wait for the GPU."""
+    return torch.tensor(cuts.DEFAULT, device=device)

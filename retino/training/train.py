@@ -19,12 +19,14 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from retino.atomic import write_atomic
 from retino.config import Config
 from retino.data.cache import INDEX_FILE, open_index
 from retino.data.dataset import CachedSplit, default_workers, make_loader
+from retino.data.feed import CacheFeed, describe, residency
 from retino.data.samplers import GradeSampler
 from retino.data.splits import read_split
 from retino.data.transforms import BatchTransform
@@ -90,7 +92,7 @@ def _train(
 ) -> FitResult:
     index = open_index(cache, cfg.data.image_size, cfg.preprocess.normalize)
     normalisation = {"mean": index["mean"], "std": index["std"]}
-    loaders = build_loaders(cfg, prepared, cache, device.type == "cuda", job)
+    loaders = build_loaders(cfg, prepared, cache, device, job)
     trainee = build_trainee(cfg, loaders, normalisation, device, job)
 
     tables = [Path(prepared) / f"{split}.csv" for split in ("train", "val", "test")]
@@ -219,7 +221,7 @@ def build_trainee(
     mean, std = normalisation["mean"], normalisation["std"]
     train_tf = BatchTransform(mean, std, device, cfg.train.augment, channels_last=cuda)
     model.to(device, memory_format=train_tf.memory_format)
-    optimizer = make_optimizer(model, cfg.train, job.world_size)
+    optimizer = make_optimizer(model, cfg.train, job.world_size, fused=cuda)
     return Trainee(
         model=model,
         optimizer=optimizer,
@@ -231,12 +233,23 @@ def build_trainee(
     )
 
 
-def build_loaders(cfg: Config, prepared: Path, cache: Path, pin: bool, job: Dist) -> Loaders:
-    """The train (sampled as train.sampler says), val and, with track_test, test loaders."""
-    workers = default_workers(cfg.data.num_workers, pin)
+def build_loaders(
+    cfg: Config, prepared: Path, cache: Path, device: torch.device, job: Dist
+) -> Loaders:
+    """The train (sampled as train.sampler says), val and, with track_test, test loaders: on
+    the CPU DataLoaders over the memory-mapped cache, on CUDA feeds that hold each split in GPU
+    memory or stream it from the file, as data.cache_device says (retino.data.feed)."""
+    cuda = device.type == "cuda"
+    workers = default_workers(cfg.data.num_workers, cuda)
+    splits = ("train", "val", "test") if cfg.train.track_test else ("train", "val")
+    datasets = {split: CachedSplit(cache, prepared, split) for split in splits}
+    sizes = {split: dataset.nbytes for split, dataset in datasets.items()}
+    resident = residency(cfg.data.cache_device, device, sizes)
+    if cuda and job.is_main:
+        print(describe(resident, sizes, device), flush=True)
 
-    def loader(split: str, batch_size: int, shuffle: bool):
-        dataset = CachedSplit(cache, prepared, split)
+    def loader(split: str, batch_size: int, shuffle: bool) -> DataLoader | CacheFeed:
+        dataset = datasets[split]
         # The order of epoch e is a permutation seeded by (seed, e) (fit calls set_epoch),
         # whatever the loader did before: a resumed run gets the same batches as an
         # uninterrupted one. A DataLoader's own generator would not do: with persistent workers
@@ -251,7 +264,9 @@ def build_loaders(cfg: Config, prepared: Path, cache: Path, pin: bool, job: Dist
                 dataset, num_replicas=job.world_size, rank=job.rank, shuffle=shuffle,
                 seed=cfg.seed,
             )  # fmt: skip
-        return make_loader(dataset, batch_size, shuffle, workers, pin, sampler)
+        if resident[split] is None:  # a CPU training
+            return make_loader(dataset, batch_size, shuffle, workers, cuda, sampler)
+        return CacheFeed(dataset, batch_size, sampler, device, resident[split])
 
     test = loader("test", cfg.eval.batch_size, False) if cfg.train.track_test else None
     return Loaders(

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from retino.cli import main
 from tests.conftest import ROOT
@@ -45,12 +46,43 @@ def test_bench_input_resizes_the_seed_path_to_the_same_shape(tiny_source, capsys
     last_json(out)
 
 
-def test_bench_train_times_both_loops(tiny_source, capsys):
+TRAIN_KEYS = KEYS | {"no_input_images_per_s", "wait_share", "input_share", "paths"}
+
+
+def test_bench_train_times_both_loops_and_the_step_alone(tiny_source, capsys):
     argv = ["bench", "train", "--data", str(tiny_source), "--arch", "resnet18", "--size", "32"]
     assert main([*argv, "--batch-size", "8", "--batches", "1"]) == 0
     out = capsys.readouterr().out
-    last_json(out, KEYS)
-    assert "lab-report loop" in out and "retino train step" in out
+    result = last_json(out, TRAIN_KEYS)
+    paths = result["paths"]
+    assert list(paths) == ["lab-report loop", "retino train step", "retino, no input",
+                           "lab-report, memory kept"]  # fmt: skip
+    assert result["no_input_images_per_s"] == paths["retino, no input"] > 0
+    assert 0 <= result["wait_share"] < 1 and 0 <= result["input_share"] < 1
+    share = 1 - result["retino_images_per_s"] / result["no_input_images_per_s"]
+    assert result["input_share"] == pytest.approx(max(share, 0), abs=1e-3)
+    assert "wait: the loop waiting for the next batch" in out
+
+
+def test_bench_train_without_the_lab_report(tiny_source, capsys):
+    argv = ["bench", "train", "--data", str(tiny_source), "--arch", "resnet18", "--size", "32"]
+    assert main([*argv, "--batch-size", "8", "--batches", "1", "--no-lab-report"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["baseline_images_per_s"] is None and result["ratio"] is None
+    assert list(result["paths"]) == ["retino train step", "retino, no input"]
+    assert "lab-report" not in out
+
+
+def test_bench_preprocess_times_the_stage(tiny_source, capsys):
+    assert main(["bench", "preprocess", "--data", str(tiny_source), "--size", "32",
+                 "--images", "12"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert out.startswith("retino bench preprocess: 12 images of 48x48 px to 32 px")
+    assert result["cpu_images_per_s"] > 0 and result["device"].startswith(("cpu", "cuda"))
+    # with a GPU: the nvJPEG path, its speed-up and how far its cache is from the CPU's
+    assert ("nvjpeg_images_per_s" in result) == torch.cuda.is_available()
 
 
 def test_bad_input_is_one_line_error(tmp_path, tiny_source, capsys):

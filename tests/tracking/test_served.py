@@ -28,7 +28,7 @@ from retino.tracking import logged_model
 from retino.tracking.registry import logged_model_id, register_model
 from retino.tracking.runs import open_run
 from retino.tracking.server import model_server
-from retino.tracking.store import existing_store
+from retino.tracking.store import existing_store, open_store
 from tests.data.test_images import claim_size, jpeg
 from tests.evaluation.test_predict import THRESHOLDS, save_checkpoint
 
@@ -212,7 +212,9 @@ def test_a_model_logged_by_an_older_retino_is_a_one_line_error(project, tmp_path
     from retino.training.models import build_model
 
     # what retino logged before: the bare network, exported, taking normalised tensors
-    experiment = mlflow.set_experiment("served-tests").experiment_id
+    # the client, not set_experiment: that would stay the process's active experiment, and
+    # later tests' resumed runs (in another experiment) would be refused
+    _, experiment = open_store(project, "served-tests")
     with mlflow.start_run(experiment_id=experiment) as old:
         mlflow.pytorch.log_model(
             build_model("resnet18").eval(), name="old", pip_requirements=["torch"],

@@ -23,6 +23,8 @@ from tests.conftest import tiny_config
 from tests.training.test_models import random_imagenet_weights
 from tests.training.test_train import run_train, runs
 
+CPU = torch.device("cpu")
+
 
 def factors(**overrides) -> list[float]:
     cfg = tiny_config(**{f"train__{k}": v for k, v in overrides.items()}).train
@@ -96,10 +98,10 @@ def test_regression_criterion_is_the_weighted_squared_error():
 def test_the_train_split_is_drawn_by_the_configured_sampler(project):
     data = (project / "prepared", project / "preprocessed")
     for name in ("balanced", "progressive"):
-        loaders = build_loaders(tiny_config(train__sampler=name), *data, False, Dist())
+        loaders = build_loaders(tiny_config(train__sampler=name), *data, CPU, Dist())
         assert isinstance(loaders.train.sampler, GradeSampler)
         assert loaders.train.sampler.mode == name
-    shuffled = build_loaders(tiny_config(train__sampler="shuffle"), *data, False, Dist())
+    shuffled = build_loaders(tiny_config(train__sampler="shuffle"), *data, CPU, Dist())
     assert not isinstance(shuffled.train.sampler, GradeSampler)
     assert not isinstance(shuffled.val.sampler, GradeSampler)
 

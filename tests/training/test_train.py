@@ -20,6 +20,7 @@ from retino.errors import RetinoError
 from retino.tracking.registry import load_logged_model
 from retino.tracking.store import existing_store
 from retino.training import checkpoint
+from retino.training.engine import EpochSums
 from retino.training.train import train
 from tests.conftest import ROOT, tiny_config
 
@@ -117,6 +118,41 @@ def test_same_seed_same_metrics(project):
     a = checkpoint.load(project / "a" / "models" / "best.pt").model
     b = checkpoint.load(project / "b" / "models" / "best.pt").model
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow  # three trainings
+def test_the_cache_feed_trains_as_the_loader_does_resume_included(project, monkeypatch):
+    # What a CUDA training reads through (data.cache_device): the split held in device memory
+    # or streamed from the file, here with CPU tensors. Same batches, same order, same draws:
+    # the same metrics, bit for bit, also across a crash and resume that switch between the two.
+    cfg = tiny_config(train__epochs=2, train__augment__rotation=10.0,
+                      train__augment__scale_min=0.9, train__sampler="balanced")  # fmt: skip
+    expected = run_train(project, cfg, "loader")
+
+    placed = []
+
+    def feeds(resident: bool) -> None:
+        def residency(cache_device, device, sizes):
+            placed.append(resident)
+            return dict.fromkeys(sizes, resident)
+
+        monkeypatch.setattr("retino.training.train.residency", residency)
+
+    feeds(resident=True)
+    assert run_train(project, cfg, "resident") == expected
+
+    def power_cut(row, epochs):
+        raise RuntimeError("power cut")
+
+    feeds(resident=False)
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(RuntimeError, match="power cut"):
+        mp.setattr("retino.training.engine._epoch_line", power_cut)
+        run_train(project, cfg, "resumed")  # epoch 1 streamed, and on disk
+    feeds(resident=True)
+    run_train(project, cfg, "resumed")  # epoch 2 from the card
+    assert placed == [True, False, True]
+    reports = [project / name / "reports" / "metrics.json" for name in ("loader", "resumed")]
+    assert reports[0].read_bytes() == reports[1].read_bytes()
 
 
 def test_config_change_discards_stale_checkpoints(project, capsys):
@@ -218,6 +254,25 @@ def test_a_non_finite_loss_fails_the_run_and_publishes_nothing(project):
     assert not (project / "models" / "best.pt").exists()
     assert {p.name: p.read_text() for p in reports.iterdir()} == previous
     assert list(runs(project).status) == ["FAILED"]
+
+
+def test_the_first_non_finite_step_is_named_when_the_sums_are_read_later():
+    # the sums stay on the device and are read about once a second, not every step: the step
+    # that broke is recorded there, and named when they are read
+    sums = EpochSums(torch.device("cpu"))
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.5)
+    y = torch.tensor([0, 1, 2, 2])
+    for step, loss in enumerate([1.0, 2.0, float("inf"), float("nan"), 3.0], start=1):
+        sums.add(step, torch.tensor(loss), torch.tensor([0, 1, 1, 2]), y)
+    with pytest.raises(RetinoError, match=r"^epoch 4, step 3: training loss is inf; .* 0\.5 at"):
+        sums.read(4, optimizer)
+
+    fine = EpochSums(torch.device("cpu"))
+    fine.add(1, torch.tensor(0.5), torch.tensor([0, 1, 1, 2]), y)
+    fine.add(2, torch.tensor(0.25), torch.tensor([0, 0, 0, 0]), y)
+    total, correct, seen, counts = fine.read(1, optimizer)
+    assert (total, correct, seen) == (0.5 * 4 + 0.25 * 4, 3 + 1, 8)
+    assert counts[0 * 5 + 0] == 2 and counts[1 * 5 + 1] == 1 and counts[2 * 5 + 1] == 1
 
 
 @pytest.mark.slow  # the stage in its own process
