@@ -1,8 +1,8 @@
 """Classification metrics for the 5-grade DR task, computed as scikit-learn computes them.
 
-Accuracy, QWK and the confusion matrix, which every training epoch needs, are scikit-learn's
-formulas written out in numpy (the same floats, tests/test_metrics.py checks): importing
-scikit-learn costs ~0.7 s, a share of a small run. The full report imports it when called.
+Every metric is scikit-learn's definition written out in numpy over the 5x5 confusion counts
+(tests/test_metrics.py checks them against scikit-learn): importing scikit-learn costs ~0.7 s
+in each stage process that would need it, a share of a small run.
 
 Every function takes plain arrays (numpy, lists, or anything `np.asarray` understands) and
 returns plain Python floats, so the results go straight into JSON files and MLflow.
@@ -21,13 +21,10 @@ Conventions
   that predicts only grade 0 on a mixed set gets exactly 0.0 from scikit-learn anyway.
 """
 
-import warnings
-
 import numpy as np
 
 from retino.grades import NUM_CLASSES, REFERABLE_GRADE
 
-_LABELS = list(range(NUM_CLASSES))
 _GRADES = np.arange(float(NUM_CLASSES))
 _WEIGHTS = np.subtract.outer(_GRADES, _GRADES) ** 2  # quadratic disagreement, as floats
 
@@ -119,49 +116,56 @@ def grading_metrics(labels, preds, referable_score) -> dict[str, float]:
     """`classification_metrics` of predicted grades, whatever made them: `referable_score` (N,)
     is any score that orders the images by how likely they are referable — P(grade >= 2), or a
     regression head's continuous grade — and only the referable AUC uses it."""
-    from sklearn.metrics import (  # ~0.7 s: only where the full report is made
-        balanced_accuracy_score,
-        f1_score,
-        precision_recall_fscore_support,
-        recall_score,
-        roc_auc_score,
-    )
-
     y, p = _pair(labels, preds)
     ref_score = np.asarray(referable_score, dtype=np.float64)
     if ref_score.shape != y.shape or not np.all(np.isfinite(ref_score)):
         raise ValueError(f"referable_score must be {len(y)} finite numbers")
-    with warnings.catch_warnings():
-        # a grade predicted but absent from a small split, or a split holding a single grade,
-        # is expected and handled by sklearn; its warnings would only clutter training logs
-        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
-        warnings.filterwarnings("ignore", message="A single label was found")
-        balanced = balanced_accuracy_score(y, p)
-    precision, recall, _, _ = precision_recall_fscore_support(
-        y, p, labels=_LABELS, average=None, zero_division=0
-    )
+    cm = _counts(y, p)
+    hits, true, predicted = np.diag(cm), cm.sum(axis=1), cm.sum(axis=0)
+    recall = _divide(hits, true)  # zero_division=0, as every per-grade score here
     out = {
         "accuracy": _accuracy(y, p),
-        "balanced_accuracy": float(balanced),
+        "balanced_accuracy": float(recall[true > 0].mean()),  # over the grades in `labels`
         "qwk": _qwk(y, p),
-        "macro_f1": float(f1_score(y, p, labels=_LABELS, average="macro", zero_division=0)),
-        "majority_accuracy": float(np.bincount(y, minlength=NUM_CLASSES).max() / len(y)),
+        "macro_f1": float(_divide(2 * hits, true + predicted).mean()),
+        "majority_accuracy": float(true.max() / len(y)),
     }
-    for g in _LABELS:
-        out[f"precision_{g}"] = float(precision[g])
-    for g in _LABELS:
-        out[f"recall_{g}"] = float(recall[g])
+    for g, value in enumerate(_divide(hits, predicted)):
+        out[f"precision_{g}"] = float(value)
+    for g, value in enumerate(recall):
+        out[f"recall_{g}"] = float(value)
 
-    ref_true = (y >= REFERABLE_GRADE).astype(np.int64)
-    ref_pred = (p >= REFERABLE_GRADE).astype(np.int64)
-    has_pos, has_neg = bool(ref_true.any()), bool((ref_true == 0).any())
-    if has_pos and has_neg:
-        out["referable_auc"] = float(roc_auc_score(ref_true, ref_score))
-    if has_pos:
-        out["referable_sensitivity"] = float(recall_score(ref_true, ref_pred, pos_label=1))
-    if has_neg:
-        out["referable_specificity"] = float(recall_score(ref_true, ref_pred, pos_label=0))
+    referable = y >= REFERABLE_GRADE
+    flagged = p >= REFERABLE_GRADE
+    positives, negatives = int(referable.sum()), int((~referable).sum())
+    if positives and negatives:
+        out["referable_auc"] = _auc(referable, ref_score)
+    if positives:
+        out["referable_sensitivity"] = float(np.sum(flagged & referable) / positives)
+    if negatives:
+        out["referable_specificity"] = float(np.sum(~flagged & ~referable) / negatives)
     return out
+
+
+def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator as floats, 0 where the denominator is 0."""
+    out = np.zeros(len(numerator))
+    np.divide(numerator, denominator, out=out, where=denominator > 0)
+    return out
+
+
+def _auc(positive: np.ndarray, score: np.ndarray) -> float:
+    """ROC-AUC as the Mann-Whitney statistic: the chance that a positive outscores a negative,
+    ties counting a half (average ranks), which is the ROC curve's trapezoidal area."""
+    order = np.argsort(score, kind="stable")
+    ranked = score[order]
+    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])  # each tie group's first
+    sizes = np.diff(np.r_[starts, len(ranked)])
+    ranks = np.empty(len(score))
+    ranks[order] = np.repeat(starts + (sizes + 1) / 2, sizes)  # 1-based, ties averaged
+    n_pos = int(positive.sum())
+    n_neg = len(score) - n_pos
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def confusion(labels, preds) -> np.ndarray:
