@@ -37,7 +37,7 @@ from retino.synth import synthesize
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = Path(__file__).with_name("probe")
-PROJECT = ("stages", "retino", "dvc.yaml", "params.yaml", ".dvcignore")
+PROJECT = ("stages", "retino", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore")
 STAGES = ("prepare", "preprocess", "train", "evaluate", "plot")
 # the table's rows, in the order a stage meets them; the probe's phase names
 PHASES = ("start-up", "imports", "work", "set-up", "MLflow store", "MLflow run start",
@@ -157,7 +157,6 @@ def _pipeline(source: Path, data: Path, work: Path, overrides: dict) -> dict:
         elif path.is_file():
             shutil.copy2(path, project / name)
     shutil.copytree(data, project / "data")
-    (project / ".gitignore").write_text("/mlflow.db\n/mlruns/\n/checkpoints/\n__pycache__/\n")
     # the stages import retino from the copy, never from the checkout this runs in
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
     env |= {"PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
@@ -266,7 +265,11 @@ def _stage_table(run: dict) -> list[str]:
 
 def _check(proc: subprocess.CompletedProcess, cmd: list[str]) -> None:
     if proc.returncode != 0:
-        raise RetinoError(f"bench pipeline: {' '.join(cmd)} failed: {_last(proc.stderr)}")
+        # a stage's own error line (or its exception's) says more than DVC's last line
+        lines = [line for line in (proc.stdout + proc.stderr).splitlines()
+                 if line.startswith(("error: ", "ERROR: ")) or "Error: " in line]  # fmt: skip
+        why = "; ".join(dict.fromkeys(lines)) or _last(proc.stderr)
+        raise RetinoError(f"bench pipeline: {' '.join(cmd)} failed: {why}")
 
 
 def _last(text: str) -> str:
