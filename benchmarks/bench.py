@@ -10,7 +10,7 @@ report's loader and loop, in one process, on the train images of a dataset (any 
 - preprocess stage: `cache_images` with a process per core writing the uint8 cache.
 - retino: an epoch reading that cache (CachedImages + make_loader, a worker per core, pinned
   memory on CUDA) + BatchTransform with the lab report's flips; `train` adds the engine's step
-  (AdamW, channels_last, bf16 autocast on CUDA) with the same model.
+  (AdamW, bf16 autocast + channels_last on CUDA) with the same model.
 
 Loaders are timed after a warm-up, from the start of an epoch, looping epochs when --batches asks
 for more than one holds. The lab-report loop runs first because `make_loader` sets the process to
@@ -91,7 +91,7 @@ def bench_input(data: Path, size: int, batch_size: int, batches: int) -> dict:
     full = _per_image(paths, lambda p: _full_decode_resize(p, size))
     scaled = _per_image(paths, lambda p: preprocess_image(p, size, "none", DEFAULT_MAX_PIXELS))
     with _cache(table, data, size) as (cached, stage_rate):
-        transform = BatchTransform(MEAN, STD, device, LAB_REPORT_FLIPS)
+        transform = BatchTransform(MEAN, STD, device, LAB_REPORT_FLIPS, device.type == "cuda")
         generator = torch.Generator().manual_seed(0)
 
         def step(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -159,7 +159,7 @@ def bench_train(
 
     # retino's model, optimizer and transform, shared by its rows (compiled once)
     torch.manual_seed(0)
-    transform = BatchTransform(MEAN, STD, device, LAB_REPORT_FLIPS)
+    transform = BatchTransform(MEAN, STD, device, LAB_REPORT_FLIPS, channels_last=cuda)
     model = build_model(arch).to(device, memory_format=transform.memory_format)
     optimizer = make_optimizer(model, load_config(PARAMS).train, fused=cuda)  # the recipe's
     criterion = torch.nn.CrossEntropyLoss()
@@ -204,7 +204,7 @@ def bench_train(
         rows.append(baseline_run("lab-report, memory kept"))
 
     workers = default_workers(-1, cuda)
-    precision = "bf16 autocast, channels_last, fused AdamW" if cuda else "fp32, channels_last, AdamW"
+    precision = "bf16 autocast, channels_last, fused AdamW" if cuda else "fp32, AdamW"
     precision += f", torch.compile mode {compile}" if compile else ""
     notes = [
         f"retino: the engine's step ({precision}) + BatchTransform (flips p=0.5) over the uint8 "

@@ -158,7 +158,7 @@ def evaluate(args: dict) -> Work:
     cache = work_dir / args["cache"]
     device = resolve_device(cfg.train.device)
     index = json.loads((cache / "index.json").read_text())
-    transform = BatchTransform(index["mean"], index["std"], device)
+    transform = BatchTransform(index["mean"], index["std"], device, None, device.type == "cuda")
     head = Head(cfg.train.loss)
     model = build_model(cfg.arch, outputs=head.outputs)
     model = model.to(device, memory_format=transform.memory_format).eval()

@@ -21,11 +21,6 @@ import torch.nn.functional as F
 
 from retino.config import AugmentConfig
 
-# The models take channels_last (NHWC in memory) on every device: on CUDA the tensor cores want
-# it, and on CPUs with AVX-512 oneDNN's convolutions run ~10 % faster in training and ~20 % in
-# inference (ResNet18, 128 px: `retino bench pipeline`); on AVX2 it is about even.
-MEMORY_FORMAT = torch.channels_last
-
 
 class BatchTransform:
     def __init__(
@@ -34,12 +29,13 @@ class BatchTransform:
         std: list[float],
         device: torch.device,
         augment: AugmentConfig | None = None,
+        channels_last: bool = False,
     ) -> None:
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
         self.device = device
         self.augment = augment
-        self.memory_format = MEMORY_FORMAT
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None):
         """Random flips, rotation + resized crop (one affine warp), brightness/contrast jitter
@@ -80,8 +76,8 @@ class BatchTransform:
         down if vflip[i] (exact: flipping before or after the conversion is the same); on a
         GPU the flips come from the draws `u` on the device (the same comparisons)."""
         if images.device.type == "cpu":
-            out = torch.empty(images.shape, dtype=torch.float32, memory_format=MEMORY_FORMAT)
-            src, dst = images.numpy(), out.numpy()  # dst: NHWC strides under (B, C, H, W)
+            out = torch.empty(images.shape, dtype=torch.float32)
+            src, dst = images.numpy(), out.numpy()
             mean, std = self.mean[0].numpy(), self.std[0].numpy()
             for i, (h, v) in enumerate(zip(hflip, vflip, strict=True)):
                 pixels = src[i, :, :: -1 if v else 1, :: -1 if h else 1]

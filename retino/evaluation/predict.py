@@ -119,10 +119,9 @@ def load_predictor(source: str, device: str = "auto") -> Predictor:
     model = build_model(cfg.arch, outputs=head.outputs)  # the source holds every weight
     model.load_state_dict(state.model)
     mean, std = state.normalisation["mean"], state.normalisation["std"]
-    transform = BatchTransform(mean, std, dev)
+    transform = BatchTransform(mean, std, dev, None, dev.type == "cuda")
     calibration = Calibration(state.thresholds, state.eye_weight)
-    model = model.to(dev, memory_format=transform.memory_format).eval()
-    return Predictor(model, cfg, transform, origin, head, calibration)
+    return Predictor(model.to(dev).eval(), cfg, transform, origin, head, calibration)
 
 
 def _load(source: str) -> tuple[checkpoint.Checkpoint, str]:

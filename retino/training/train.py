@@ -219,7 +219,7 @@ def build_trainee(
     if cfg.train.sync_bn and job.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     mean, std = normalisation["mean"], normalisation["std"]
-    train_tf = BatchTransform(mean, std, device, cfg.train.augment)
+    train_tf = BatchTransform(mean, std, device, cfg.train.augment, channels_last=cuda)
     model.to(device, memory_format=train_tf.memory_format)
     optimizer = make_optimizer(model, cfg.train, job.world_size, fused=cuda)
     return Trainee(
@@ -228,7 +228,7 @@ def build_trainee(
         scheduler=make_scheduler(optimizer, cfg.train),
         criterion=make_criterion(cfg.train, loaders.train.dataset.labels.numpy(), device),
         train_tf=train_tf,
-        eval_tf=BatchTransform(mean, std, device, None),
+        eval_tf=BatchTransform(mean, std, device, None, channels_last=cuda),
         head=head,
     )
 

@@ -32,7 +32,7 @@ CUDA = torch.device("cuda", 0)
 
 
 def transformed(device: str, augment: AugmentConfig, images: torch.Tensor) -> torch.Tensor:
-    transform = BatchTransform(MEAN, STD, torch.device(device), augment)
+    transform = BatchTransform(MEAN, STD, torch.device(device), augment, device == "cuda")
     return transform(images, torch.Generator().manual_seed(5))
 
 
