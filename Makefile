@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	dvc pull --quiet data.dvc
+	dvc pull --quiet
 	dvc repro
 	@echo "metrics:" && cat reports/eval/metrics.json
 	@echo "figures: reports/figures/  runs: make ui"

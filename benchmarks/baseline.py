@@ -18,7 +18,9 @@ from torchvision import transforms
 class LabReportDataset(Dataset):
     """The lab report's RetinopathyDataSet: per image PIL open, random flips, ToTensor."""
 
-    def __init__(self, table: pd.DataFrame, root: Path, size: int, stored: tuple[int, int]):
+    def __init__(
+        self, table: pd.DataFrame, root: Path, size: int, stored: tuple[int, int], flips=True
+    ):
         self.paths = [str(root / p) for p in table["path"]]
         self.labels = table["label"].tolist()
         resize = []  # the lab report had none: only to give both paths the same shape
@@ -26,14 +28,9 @@ class LabReportDataset(Dataset):
             resize.append(transforms.Resize(size))
             if stored[0] != stored[1]:
                 resize.append(transforms.CenterCrop(size))
-        self.transformations = transforms.Compose(
-            [
-                *resize,
-                transforms.RandomHorizontalFlip(p=0.5),
-                transforms.RandomVerticalFlip(p=0.5),
-                transforms.ToTensor(),
-            ]
-        )
+        if flips:  # training; its test set had none
+            resize += [transforms.RandomHorizontalFlip(p=0.5), transforms.RandomVerticalFlip(p=0.5)]
+        self.transformations = transforms.Compose([*resize, transforms.ToTensor()])
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -43,9 +40,12 @@ class LabReportDataset(Dataset):
 
 
 def lab_report_loader(
-    table: pd.DataFrame, root: Path, size: int, batch_size: int, stored: tuple[int, int]
-) -> DataLoader:
-    return DataLoader(LabReportDataset(table, root, size, stored), batch_size, shuffle=True)
+    table: pd.DataFrame, root: Path, size: int, batch_size: int, stored: tuple[int, int],
+    train: bool = True,
+) -> DataLoader:  # fmt: skip
+    """The train loader (flips, shuffled), or with `train=False` the test loader (neither)."""
+    dataset = LabReportDataset(table, root, size, stored, flips=train)
+    return DataLoader(dataset, batch_size, shuffle=train)
 
 
 def lab_report_step(model: nn.Module, device: torch.device):
@@ -62,3 +62,15 @@ def lab_report_step(model: nn.Module, device: torch.device):
         loss.item()
 
     return step
+
+
+def lab_report_test_accuracy(model: nn.Module, loader: DataLoader, device: torch.device) -> float:
+    """The lab report's per-epoch look at test (it kept the epoch that scored best there)."""
+    model.eval()
+    correct = seen = 0
+    with torch.no_grad():
+        for x, y in loader:
+            correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
+            seen += len(y)
+    model.train()
+    return correct / seen

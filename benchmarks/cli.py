@@ -6,6 +6,8 @@ from pathlib import Path
 
 from retino.errors import exit_on_error
 
+ROOT = Path(__file__).resolve().parents[1]
+
 STAGES = ("validate", "prepare", "preprocess", "train", "evaluate", "compare")
 FULL = {"sizes": (1000, 4000, 16000), "frames": 100, "runs": (1, 10, 50)}
 QUICK = {"sizes": (250, 1000), "frames": 10, "runs": (1, 5)}
@@ -117,6 +119,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--quick", action="store_true", help=f"other defaults: {_preset(QUICK)}")
     q = what.add_parser(
+        "pipeline",
+        help="a fresh project's whole `dvc exp run` against the lab report's loop",
+        description="Generates a small lab-layout dataset, then times the lab report's loop and "
+        "the whole `dvc exp run` of a fresh copy of the project on it, and where each stage's "
+        "time goes (2-4 minutes per round on 2 CPU cores).",
+    )
+    q.add_argument("--train", type=_positive, default=600, help="train images (default 600)")
+    q.add_argument("--test", type=_positive, default=200, help="test images (default 200)")
+    q.add_argument(
+        "--frame", default="1440x960", metavar="WxH",
+        help="camera frames of this size (default 1440x960); --px replaces them",
+    )  # fmt: skip
+    q.add_argument("--px", type=_positive, help="square images of this side instead of frames")
+    q.add_argument("--size", type=_positive, default=128, help="data.image_size (default 128)")
+    q.add_argument("--epochs", type=_positive, default=5, help="train.epochs (default 5)")
+    q.add_argument("--arch", default="resnet18", help="default resnet18")
+    q.add_argument("--batch-size", type=_positive, default=32, help="default 32")
+    q.add_argument("--seed", type=_count, default=1, help="of the generated data (default 1)")
+    q.add_argument(
+        "--source", type=Path, action="append", metavar="DIR",
+        help="a project tree to copy (default: this checkout), e.g. `git archive main` unpacked; "
+        "repeat it to time several in turn on the same data",
+    )  # fmt: skip
+    q.add_argument("--repeat", type=_positive, default=1, help="rounds, fastest kept (default 1)")
+    q = what.add_parser(
         "serve",
         help="mlflow models serve under a bounded load, against retino predict",
         description="The logged model served on 127.0.0.1, camera-sized photographs POSTed "
@@ -168,6 +195,16 @@ def main(argv: list[str] | None = None) -> int:
             preset["frames"] if args.frames is None else args.frames, args.frame,
             list(args.runs or preset["runs"]), args.train_px, args.arch, args.batch_size,
             args.stages, args.repeat,
+        )  # fmt: skip
+        return 0
+    if args.what == "pipeline":
+        from benchmarks.pipeline import bench_pipeline  # no torch: its children import it
+        from retino.synth.checks import parse_frame
+
+        frame = None if args.px else parse_frame(args.frame)
+        bench_pipeline(
+            args.train, args.test, frame, args.px, args.size, args.epochs, args.arch,
+            args.batch_size, args.seed, [p.resolve() for p in args.source or [ROOT]], args.repeat,
         )  # fmt: skip
         return 0
     if args.what == "intervals":

@@ -1,4 +1,8 @@
-"""Classification metrics for the 5-grade DR task, all computed with scikit-learn.
+"""Classification metrics for the 5-grade DR task, computed as scikit-learn computes them.
+
+Every metric is scikit-learn's definition written out in numpy over the 5x5 confusion counts
+(tests/test_metrics.py checks them against scikit-learn): importing scikit-learn costs ~0.7 s
+in each stage process that would need it, a share of a small run.
 
 Every function takes plain arrays (numpy, lists, or anything `np.asarray` understands) and
 returns plain Python floats, so the results go straight into JSON files and MLflow.
@@ -17,25 +21,12 @@ Conventions
   that predicts only grade 0 on a mixed set gets exactly 0.0 from scikit-learn anyway.
 """
 
-import math
-import warnings
-
 import numpy as np
-from sklearn.exceptions import UndefinedMetricWarning
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    cohen_kappa_score,
-    confusion_matrix,
-    f1_score,
-    precision_recall_fscore_support,
-    recall_score,
-    roc_auc_score,
-)
 
 from retino.grades import NUM_CLASSES, REFERABLE_GRADE
 
-_LABELS = list(range(NUM_CLASSES))
+_GRADES = np.arange(float(NUM_CLASSES))
+_WEIGHTS = np.subtract.outer(_GRADES, _GRADES) ** 2  # quadratic disagreement, as floats
 
 
 def _grades(values, name: str) -> np.ndarray:
@@ -61,15 +52,23 @@ def _pair(labels, preds) -> tuple[np.ndarray, np.ndarray]:
     return y, p
 
 
+def _counts(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """5x5 int64 confusion counts, rows true, columns predicted."""
+    return np.bincount(y * NUM_CLASSES + p, minlength=NUM_CLASSES**2).reshape(
+        NUM_CLASSES, NUM_CLASSES
+    )
+
+
 def _qwk(y: np.ndarray, p: np.ndarray) -> float:
-    """Quadratic weighted kappa; 0.0 where it is undefined (see the module docstring)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UndefinedMetricWarning)
-        kappa = cohen_kappa_score(
-            y, p, weights="quadratic", labels=_LABELS, replace_undefined_by=0.0
-        )
-    kappa = float(kappa)
-    return 0.0 if math.isnan(kappa) else kappa
+    """Quadratic weighted kappa, step for step as scikit-learn's `cohen_kappa_score(y, p,
+    weights="quadratic", labels=range(5))`; 0.0 where it is undefined (module docstring)."""
+    observed = _counts(y, p).astype(np.float64)
+    sum0, sum1 = observed.sum(axis=0), observed.sum(axis=1)
+    expected = np.outer(sum0, sum1) / sum0.sum()
+    chance = np.sum(_WEIGHTS * expected)
+    if chance == 0:  # a sum of non-negative terms: exact
+        return 0.0
+    return float(1 - np.sum(_WEIGHTS * observed) / chance)
 
 
 def quick_metrics(labels, preds) -> dict[str, float]:
@@ -79,7 +78,11 @@ def quick_metrics(labels, preds) -> dict[str, float]:
     history columns ``train_acc`` / ``val_acc`` / ``test_acc``.
     """
     y, p = _pair(labels, preds)
-    return {"acc": float(accuracy_score(y, p)), "qwk": _qwk(y, p)}
+    return {"acc": _accuracy(y, p), "qwk": _qwk(y, p)}
+
+
+def _accuracy(y: np.ndarray, p: np.ndarray) -> float:
+    return float(np.average(y == p))  # scikit-learn's accuracy_score
 
 
 def classification_metrics(labels, probs) -> dict[str, float]:
@@ -117,43 +120,57 @@ def grading_metrics(labels, preds, referable_score) -> dict[str, float]:
     ref_score = np.asarray(referable_score, dtype=np.float64)
     if ref_score.shape != y.shape or not np.all(np.isfinite(ref_score)):
         raise ValueError(f"referable_score must be {len(y)} finite numbers")
-    with warnings.catch_warnings():
-        # a grade predicted but absent from a small split, or a split holding a single grade,
-        # is expected and handled by sklearn; its warnings would only clutter training logs
-        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
-        warnings.filterwarnings("ignore", message="A single label was found")
-        balanced = balanced_accuracy_score(y, p)
-    precision, recall, _, _ = precision_recall_fscore_support(
-        y, p, labels=_LABELS, average=None, zero_division=0
-    )
+    cm = _counts(y, p)
+    hits, true, predicted = np.diag(cm), cm.sum(axis=1), cm.sum(axis=0)
+    recall = _divide(hits, true)  # zero_division=0, as every per-grade score here
     out = {
-        "accuracy": float(accuracy_score(y, p)),
-        "balanced_accuracy": float(balanced),
+        "accuracy": _accuracy(y, p),
+        "balanced_accuracy": float(recall[true > 0].mean()),  # over the grades in `labels`
         "qwk": _qwk(y, p),
-        "macro_f1": float(f1_score(y, p, labels=_LABELS, average="macro", zero_division=0)),
-        "majority_accuracy": float(np.bincount(y, minlength=NUM_CLASSES).max() / len(y)),
+        "macro_f1": float(_divide(2 * hits, true + predicted).mean()),
+        "majority_accuracy": float(true.max() / len(y)),
     }
-    for g in _LABELS:
-        out[f"precision_{g}"] = float(precision[g])
-    for g in _LABELS:
-        out[f"recall_{g}"] = float(recall[g])
+    for g, value in enumerate(_divide(hits, predicted)):
+        out[f"precision_{g}"] = float(value)
+    for g, value in enumerate(recall):
+        out[f"recall_{g}"] = float(value)
 
-    ref_true = (y >= REFERABLE_GRADE).astype(np.int64)
-    ref_pred = (p >= REFERABLE_GRADE).astype(np.int64)
-    has_pos, has_neg = bool(ref_true.any()), bool((ref_true == 0).any())
-    if has_pos and has_neg:
-        out["referable_auc"] = float(roc_auc_score(ref_true, ref_score))
-    if has_pos:
-        out["referable_sensitivity"] = float(recall_score(ref_true, ref_pred, pos_label=1))
-    if has_neg:
-        out["referable_specificity"] = float(recall_score(ref_true, ref_pred, pos_label=0))
+    referable = y >= REFERABLE_GRADE
+    flagged = p >= REFERABLE_GRADE
+    positives, negatives = int(referable.sum()), int((~referable).sum())
+    if positives and negatives:
+        out["referable_auc"] = _auc(referable, ref_score)
+    if positives:
+        out["referable_sensitivity"] = float(np.sum(flagged & referable) / positives)
+    if negatives:
+        out["referable_specificity"] = float(np.sum(~flagged & ~referable) / negatives)
     return out
+
+
+def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator as floats, 0 where the denominator is 0."""
+    out = np.zeros(len(numerator))
+    np.divide(numerator, denominator, out=out, where=denominator > 0)
+    return out
+
+
+def _auc(positive: np.ndarray, score: np.ndarray) -> float:
+    """ROC-AUC as the Mann-Whitney statistic: the chance that a positive outscores a negative,
+    ties counting a half (average ranks), which is the ROC curve's trapezoidal area."""
+    order = np.argsort(score, kind="stable")
+    ranked = score[order]
+    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])  # each tie group's first
+    sizes = np.diff(np.r_[starts, len(ranked)])
+    ranks = np.empty(len(score))
+    ranks[order] = np.repeat(starts + (sizes + 1) / 2, sizes)  # 1-based, ties averaged
+    n_pos = int(positive.sum())
+    n_neg = len(score) - n_pos
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def confusion(labels, preds) -> np.ndarray:
     """5x5 int64 confusion matrix: rows = true grade, columns = predicted grade."""
-    y, p = _pair(labels, preds)
-    return confusion_matrix(y, p, labels=_LABELS).astype(np.int64)
+    return _counts(*_pair(labels, preds))
 
 
 def normalise_rows(cm) -> np.ndarray:

@@ -2,13 +2,12 @@
 95 % intervals) to the run."""
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 from retino.config import load_config
 from retino.data.splits import read_split
-from retino.errors import exit_on_error
+from retino.errors import exit_on_error, exit_process
 from retino.tracking.store import check_server, project_root
 
 OUTPUTS = ("metrics.json", "predictions.csv", "confusion.json")
@@ -76,4 +75,4 @@ def _bounds(metrics: dict, key: str) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

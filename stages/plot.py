@@ -3,14 +3,13 @@ to the same MLflow run."""
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from retino.errors import exit_on_error
+from retino.errors import exit_on_error, exit_process
 from retino.evaluation.plots import (
     plot_confusion,
     plot_confusion_grid,
@@ -54,4 +53,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

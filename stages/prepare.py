@@ -6,7 +6,7 @@ from pathlib import Path
 
 from retino.config import load_config
 from retino.data.prepare import prepare
-from retino.errors import exit_on_error
+from retino.errors import exit_on_error, exit_process
 
 
 @exit_on_error
@@ -23,4 +23,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

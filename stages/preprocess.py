@@ -2,12 +2,11 @@
 cache that training and evaluation read."""
 
 import argparse
-import sys
 from pathlib import Path
 
 from retino.config import load_config
 from retino.data.preprocess import preprocess
-from retino.errors import exit_on_error
+from retino.errors import exit_on_error, exit_process
 
 
 @exit_on_error
@@ -25,4 +24,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from retino.config import load_config
-from retino.errors import exit_on_error
+from retino.errors import exit_on_error, exit_process
 from retino.tracking.store import check_server, project_root
 
 
@@ -34,4 +34,4 @@ def main() -> int | None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -5,12 +5,22 @@ import warnings
 import numpy as np
 import pytest
 from sklearn.exceptions import UndefinedMetricWarning
-from sklearn.metrics import accuracy_score, cohen_kappa_score
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    cohen_kappa_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+    recall_score,
+    roc_auc_score,
+)
 
 from retino.grades import NUM_CLASSES
 from retino.metrics import (
     classification_metrics,
     confusion,
+    grading_metrics,
     normalise_rows,
     quick_metrics,
 )
@@ -87,6 +97,57 @@ def test_undefined_kappa_is_zero_not_nan():
     m = classification_metrics(labels, one_hot_probs(labels))
     assert m["qwk"] == 0.0
     assert_plain_json(m)
+
+
+def test_per_epoch_metrics_are_scikit_learns_to_the_last_bit():
+    # written out in numpy so that training need not import scikit-learn: model selection
+    # compares these floats, so they must be exactly scikit-learn's, not merely close
+    rng = np.random.default_rng(0)
+    for n in [1, 2, 3, 7, 50, 333, 2000] * 20:
+        labels = rng.choice(NUM_CLASSES, n, p=[0.7, 0.1, 0.1, 0.05, 0.05])
+        preds = np.where(rng.random(n) < 0.6, labels, rng.integers(0, rng.integers(1, 6), n))
+        m = quick_metrics(labels, preds)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UndefinedMetricWarning)
+            kappa = cohen_kappa_score(labels, preds, weights="quadratic", labels=range(5))
+        assert m["qwk"] == (0.0 if math.isnan(kappa) else kappa)
+        assert m["acc"] == accuracy_score(labels, preds)
+        assert classification_metrics(labels, one_hot_probs(preds))["qwk"] == m["qwk"]
+        assert np.array_equal(
+            confusion(labels, preds), confusion_matrix(labels, preds, labels=range(5))
+        )
+
+
+def test_the_report_is_scikit_learns():
+    # the evaluate stage's metrics, without importing scikit-learn there; scores rounded to
+    # tenths so that ties (which the AUC counts as a half) are common
+    rng = np.random.default_rng(1)
+    for n in [2, 3, 7, 50, 333, 2000] * 10:
+        labels = rng.choice(NUM_CLASSES, n, p=[0.6, 0.1, 0.15, 0.1, 0.05])
+        preds = np.where(rng.random(n) < 0.6, labels, rng.integers(0, rng.integers(1, 6), n))
+        score = np.round(np.clip(preds / 4 + rng.normal(0, 0.3, n), 0, 1), 1)
+        m = grading_metrics(labels, preds, score)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # absent grades: scikit-learn warns, both give 0
+            expected = {
+                "balanced_accuracy": balanced_accuracy_score(labels, preds),
+                "macro_f1": f1_score(labels, preds, labels=range(5), average="macro",
+                                     zero_division=0),
+            }  # fmt: skip
+            precision, recall, _, _ = precision_recall_fscore_support(
+                labels, preds, labels=range(5), average=None, zero_division=0
+            )
+        for g in range(NUM_CLASSES):
+            expected |= {f"precision_{g}": precision[g], f"recall_{g}": recall[g]}
+        referable, flagged = labels >= 2, preds >= 2
+        if referable.any() and not referable.all():
+            expected["referable_auc"] = roc_auc_score(referable, score)
+            expected["referable_specificity"] = recall_score(referable, flagged, pos_label=0)
+        if referable.any():
+            expected["referable_sensitivity"] = recall_score(referable, flagged)
+        assert set(expected) - {"macro_f1"} <= set(m)
+        for key, value in expected.items():
+            assert m[key] == pytest.approx(value, rel=1e-12, abs=1e-15), (n, key)
 
 
 def test_off_by_one_has_high_kappa_but_low_accuracy():

@@ -21,7 +21,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from retino.config import Config
 from retino.data.layouts import Report, Sample
 from retino.data.splits import SPLITS
-from retino.data.validation import validate
+from retino.data.validation import cpu_workers, validate
 from retino.errors import RetinoError
 from retino.grades import NUM_CLASSES
 
@@ -62,7 +62,7 @@ def make_splits(report: Report, cfg: Config) -> dict[str, list[Sample]]:
 def prepare(data_root: Path, out: Path, cfg: Config) -> Report:
     """Validate `data_root` (raising on problems), write out/{train,val,test}.csv and stats.json
     (the layout and the grade counts per split)."""
-    report = validate(data_root, cfg.data.max_pixels)
+    report = validate(data_root, cfg.data.max_pixels, workers=cpu_workers())
     report.raise_if_invalid()
     splits = make_splits(report, cfg)
     for name in SPLITS:

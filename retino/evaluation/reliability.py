@@ -70,4 +70,5 @@ def wilson(share: np.ndarray, n: np.ndarray, z: float = 1.96) -> tuple[np.ndarra
     with np.errstate(invalid="ignore", divide="ignore"):
         centre = (share + z**2 / (2 * n)) / (1 + z**2 / n)
         half = z * np.sqrt(share * (1 - share) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
-    return centre - half, centre + half
+        # it always holds the share; in floats a bound can miss 0 or 1 by an ulp
+        return np.minimum(centre - half, share), np.maximum(centre + half, share)

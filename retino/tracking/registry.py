@@ -34,8 +34,13 @@ def resolve_run(store: Store, source: str, experiment: str = DEFAULT_EXPERIMENT)
     runs = []
     if experiment_id is not None and "'" not in source:  # a quote cannot be in a name we logged
         for key in ("attributes.run_name", "tags.dvc_exp_name"):
+            # the newest match, asked for as such: not the newest of a first page of matches
             query = f"{key} = '{source}' AND attributes.status = 'FINISHED'"
-            runs += retry(lambda query=query: client.search_runs([experiment_id], query))
+            runs += retry(
+                lambda query=query: client.search_runs(
+                    [experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1
+                )
+            )
     if not runs:
         raise RetinoError(
             f"{source}: no checkpoint file, MLflow URI or finished run / DVC experiment of that "

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from retino.cli import main
+from retino.data import validation
 from retino.data.validation import validate
 from retino.synth import synthesize
 
@@ -270,3 +271,23 @@ def test_a_camera_frame_cut_mid_scan_is_caught_by_the_scaled_decode(capsys, tmp_
     assert code == 2 and len(err) == 1 and "Traceback" not in err[0]
     assert err[0].startswith(f"error: {root / 'train_img.csv'}:1: image {path} is unreadable")
     assert "Premature end of JPEG file" in err[0]
+
+
+@pytest.mark.parametrize("decode", [False, True])
+def test_the_pool_checks_headers_and_pixels_in_one_pass(tiny_data, monkeypatch, decode):
+    # a small batch per task, so that 64 images go to two worker processes: headers (the
+    # prepare stage's check) and decodes (`retino validate`'s) name the same files, in table
+    # order, as one process does
+    train = [tiny_data / "images" / f"{name}.jpeg" for name in rows(tiny_data / "train_img.csv")]
+    train[3].unlink()
+    train[10].write_bytes(b"")
+    train[20].write_text("not a photograph\n")
+    data = train[30].read_bytes()
+    train[30].write_bytes(data[: len(data) // 2])  # header intact, pixels cut short
+    serial = validate(tiny_data, decode=decode, workers=1).problems
+    monkeypatch.setattr(validation, "CHUNK", {True: 4, False: 4})
+    pooled = validate(tiny_data, decode=decode, workers=2).problems
+    assert pooled == serial
+    expected = ["train_img.csv:4:", "train_img.csv:11:", "train_img.csv:21:"]
+    expected += ["train_img.csv:31:"] if decode else []
+    assert [p.split(" ", 1)[0].rsplit("/", 1)[1] for p in serial] == expected

@@ -56,3 +56,12 @@ def test_a_bin_of_one_image_has_a_wide_interval():
     assert 0.2 < lo[0] < 0.25 and hi[0] == pytest.approx(1.0)  # one image says little
     assert hi[1] - lo[1] == pytest.approx(2 * 1.96 * np.sqrt(0.25 / 1000), rel=0.01)
     assert np.isnan(lo[2]) and np.isnan(hi[2])
+
+
+def test_the_interval_holds_a_bin_of_all_or_none():
+    # in floats the formula's bounds miss 0 or 1 by an ulp for many bin sizes; the plot's error
+    # bars (share - lo, hi - share) must never be negative
+    n = np.arange(1.0, 5000.0)
+    for share in (np.zeros_like(n), np.ones_like(n)):
+        lo, hi = wilson(share, n)
+        assert np.all(lo <= share) and np.all(share <= hi)

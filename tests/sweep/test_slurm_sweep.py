@@ -47,7 +47,7 @@ def shared_project(tmp_path: Path, source: Path, env: dict[str, str]) -> Path:
     run(["git", "init", "-q", "--bare", str(tmp_path / "remote.git")], tmp_path, env)
     run(["git", "remote", "add", "origin", str(tmp_path / "remote.git")], project, env)
     dvc_yaml = project / "dvc.yaml"
-    dvc_yaml.write_text(dvc_yaml.read_text().replace("push: false", "push: true"))
+    dvc_yaml.write_text(dvc_yaml.read_text().replace("cache: false  # large", "cache: true"))
     run(["dvc", "remote", "add", "-q", "-d", "storage", str(tmp_path / "dvc-remote")], project,
         env)  # fmt: skip
     run(["git", "commit", "-q", "-am", "shared remotes"], project, env)
