@@ -143,3 +143,29 @@ def test_bench_serve_loads_a_served_model_beside_retino_predict():
     assert len(result["rss_mb"]) == 3 and all(mb > 100 for mb in result["rss_mb"])
     assert len(result["near_limit_rss_mb"]) == 1
     assert "served" in proc.stdout and "retino predict" in proc.stdout
+
+
+@pytest.mark.slow  # the lab loop and a whole `dvc exp run` of a fresh copy: ~1 min
+def test_bench_pipeline_times_the_lab_loop_and_each_stage(capsys):
+    assert main(["bench", "pipeline", "--train", "24", "--test", "8", "--px", "96", "--size",
+                 "32", "--epochs", "1", "--batch-size", "8"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1])
+    (run,) = result["runs"]
+    assert result["lab_s"] > 0 and run["pipeline_s"] > run["training_loop_s"] > 0
+    assert result["ratio"] == pytest.approx(result["lab_s"] / run["pipeline_s"], abs=0.01)
+    # every stage ran, under the probe, and its phases account for its process
+    assert list(run["stages"]) == ["prepare", "preprocess", "train", "evaluate", "plot"]
+    train, evaluate = run["stages"]["train"], run["stages"]["evaluate"]
+    assert train["training loop"] == pytest.approx(run["training_loop_s"], abs=0.01)
+    assert train["imports"] > 0 and evaluate["imports"] > 0
+    assert -1 <= run["test_qwk"] <= 1
+    table = out.split("dvc exp run", 1)[1]
+    for row in ("imports", "training loop", "model export", "stage process", "DVC, exits"):
+        assert f"\n  {row}" in table, row
+
+
+def test_bench_pipeline_refuses_a_source_that_is_no_checkout(tmp_path, capsys):
+    assert main(["bench", "pipeline", "--source", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --source {tmp_path}: no stages")
