@@ -32,8 +32,10 @@ STOP_TIMEOUT_S = 15.0
 # best first. The UI restores a view saved in the experiment tag `mlflow.sharedViewState.<key>`
 # when its URL carries viewStateShareKey=<key> (what its "Share" button does).
 VIEW_KEY = "retino"
+# best.pt's test QWK beside its 95 % interval: how far apart two rows must be to differ
 _COLUMNS = [
     "params.`arch`", "params.`pretrained`", f"metrics.`{BEST_TEST_QWK}`",
+    f"metrics.`{BEST_TEST_QWK}_lo`", f"metrics.`{BEST_TEST_QWK}_hi`",
     f"metrics.`{BEST_TEST_ACCURACY}`", "metrics.`best/val_qwk`", "metrics.`best/epoch`",
 ]  # fmt: skip
 _SECTION = "retino-compare"
@@ -43,7 +45,8 @@ VIEW = {
     "selectedColumns": [*_COLUMNS, "attributes.`Dataset`", "attributes.`Models`"],
     # the answer first, the full run names readable
     "columnOrder": ["attributes.`Run Name`", *_COLUMNS],
-    "columnWidths": {"attributes.`Run Name`": 300},
+    "columnWidths": {"attributes.`Run Name`": 300, f"metrics.`{BEST_TEST_QWK}_lo`": 120,
+                     f"metrics.`{BEST_TEST_QWK}_hi`": 120},
     # the chart view: a first section with the comparison, then the UI's own section per
     # metric prefix (best/, train/, val/, ...), which it adds to these
     "isAccordionReordered": True,  # keep this section first

@@ -29,14 +29,22 @@ import pytest
 from retino.evaluation.plots import plot_confusion, plot_curves
 from tests.conftest import ROOT
 from tests.dvc_project import project_env, run
-from tests.tracking.ui_runs import GRID, confusion, history, log_grid, ranked, run_names
+from tests.tracking.ui_runs import (
+    GRID,
+    SPREAD,
+    confusion,
+    history,
+    log_grid,
+    ranked,
+    run_names,
+)
 
 pytestmark = pytest.mark.slow  # a real MLflow server and Chromium
 
 RETINO = str(Path(sys.executable).with_name("retino"))
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--window-size=1600,1000",
+    "--disable-component-update", "--disable-sync", "--window-size=1920,1080",
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",  # loopback only
 )  # fmt: skip
 
@@ -219,6 +227,9 @@ def test_link_opens_runs_ranked_by_test_qwk(ui, tmp_path):
             arch, pretrained, qwk, _ = GRID[name.split("-", 2)[2]]
             assert row["params.`arch`"] == arch and row["params.`pretrained`"] == str(pretrained)
             assert row["metrics.`best/test_qwk`"] == f"{qwk:.2f}"
+            # beside it, its interval
+            assert row["metrics.`best/test_qwk_lo`"] == f"{qwk - SPREAD:.2f}"
+            assert row["metrics.`best/test_qwk_hi`"] == f"{qwk + SPREAD:.2f}"
             # the Dataset column: the split tables by context
             assert "train (" in row["attributes.`Dataset`"]
             assert "Training" in row["attributes.`Dataset`"]
