@@ -59,16 +59,10 @@ def _counts(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     )
 
 
-def _qwk(y: np.ndarray, p: np.ndarray) -> float:
-    """Quadratic weighted kappa, step for step as scikit-learn's `cohen_kappa_score(y, p,
-    weights="quadratic", labels=range(5))`; 0.0 where it is undefined (module docstring)."""
-    observed = _counts(y, p).astype(np.float64)
-    sum0, sum1 = observed.sum(axis=0), observed.sum(axis=1)
-    expected = np.outer(sum0, sum1) / sum0.sum()
-    chance = np.sum(_WEIGHTS * expected)
-    if chance == 0:  # a sum of non-negative terms: exact
-        return 0.0
-    return float(1 - np.sum(_WEIGHTS * observed) / chance)
+def counts_qwk(cm: np.ndarray) -> float:
+    """Quadratic weighted kappa of one 5x5 confusion matrix (rows true): a training epoch's, from
+    its sums, by the formulas of every other QWK here, so train and val QWK compare exactly."""
+    return float(confusion_metrics(np.asarray(cm)[None])["qwk"][0])
 
 
 def quick_metrics(labels, preds) -> dict[str, float]:
@@ -77,12 +71,8 @@ def quick_metrics(labels, preds) -> dict[str, float]:
     The key is ``acc`` (not ``accuracy``) because the training loop prefixes it into the
     history columns ``train_acc`` / ``val_acc`` / ``test_acc``.
     """
-    y, p = _pair(labels, preds)
-    return {"acc": _accuracy(y, p), "qwk": _qwk(y, p)}
-
-
-def _accuracy(y: np.ndarray, p: np.ndarray) -> float:
-    return float(np.average(y == p))  # scikit-learn's accuracy_score
+    shared = confusion_metrics(_counts(*_pair(labels, preds))[None])
+    return {"acc": float(shared["accuracy"][0]), "qwk": float(shared["qwk"][0])}
 
 
 def classification_metrics(labels, probs) -> dict[str, float]:
@@ -121,51 +111,81 @@ def grading_metrics(labels, preds, referable_score) -> dict[str, float]:
     if ref_score.shape != y.shape or not np.all(np.isfinite(ref_score)):
         raise ValueError(f"referable_score must be {len(y)} finite numbers")
     cm = _counts(y, p)
+    shared = {k: float(v[0]) for k, v in confusion_metrics(cm[None]).items()}
     hits, true, predicted = np.diag(cm), cm.sum(axis=1), cm.sum(axis=0)
-    recall = _divide(hits, true)  # zero_division=0, as every per-grade score here
-    out = {
-        "accuracy": _accuracy(y, p),
-        "balanced_accuracy": float(recall[true > 0].mean()),  # over the grades in `labels`
-        "qwk": _qwk(y, p),
-        "macro_f1": float(_divide(2 * hits, true + predicted).mean()),
-        "majority_accuracy": float(true.max() / len(y)),
-    }
-    for g, value in enumerate(_divide(hits, predicted)):
-        out[f"precision_{g}"] = float(value)
-    for g, value in enumerate(recall):
-        out[f"recall_{g}"] = float(value)
+    out = {k: shared[k] for k in ("accuracy", "balanced_accuracy", "qwk", "macro_f1")}
+    out["majority_accuracy"] = float(true.max() / len(y))
+    for name, total in (("precision", predicted), ("recall", true)):
+        per_grade = np.zeros(NUM_CLASSES)  # zero_division=0, as scikit-learn was asked
+        np.divide(hits, total, out=per_grade, where=total > 0)
+        out |= {f"{name}_{g}": float(value) for g, value in enumerate(per_grade)}
 
     referable = y >= REFERABLE_GRADE
-    flagged = p >= REFERABLE_GRADE
-    positives, negatives = int(referable.sum()), int((~referable).sum())
-    if positives and negatives:
-        out["referable_auc"] = _auc(referable, ref_score)
-    if positives:
-        out["referable_sensitivity"] = float(np.sum(flagged & referable) / positives)
-    if negatives:
-        out["referable_specificity"] = float(np.sum(~flagged & ~referable) / negatives)
+    if referable.any() and not referable.all():
+        block = score_blocks(ref_score, referable)
+        pos, neg = (np.bincount(block[side], minlength=block.max() + 1)[None]
+                    for side in (referable, ~referable))  # fmt: skip
+        out["referable_auc"] = float(weighted_auc(pos, neg)[0])
+    # each defined where there are positives / negatives to compute it on
+    for key in ("referable_sensitivity", "referable_specificity"):
+        if np.isfinite(shared[key]):
+            out[key] = shared[key]
     return out
 
 
-def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    """numerator / denominator as floats, 0 where the denominator is 0."""
-    out = np.zeros(len(numerator))
-    np.divide(numerator, denominator, out=out, where=denominator > 0)
-    return out
+def confusion_metrics(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """The metrics of a stack of (weighted) 5x5 confusion matrices (B, 5, 5), rows = true grade,
+    each a (B,) array: one test set's, or the bootstrap's resamples'. Sensitivity and specificity
+    are NaN where no referable (or no other) case is counted."""
+    cm = np.asarray(cm, dtype=np.float64)
+    n = cm.sum(axis=(1, 2))
+    diag = np.diagonal(cm, axis1=1, axis2=2)
+    truth, predicted = cm.sum(axis=2), cm.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(truth > 0, diag / truth, np.nan)
+        # scikit-learn's balanced accuracy: mean recall over the grades present in the labels
+        balanced = np.nanmean(recall, axis=1)
+        f1 = np.where(truth + predicted > 0, 2 * diag / (truth + predicted), 0.0)
+        # QWK as scikit-learn's `cohen_kappa_score(y, p, weights="quadratic", labels=range(5))`,
+        # to the last bit: the chance agreement in its order (predicted x true); 0.0 where it
+        # is undefined (module docstring)
+        expected = np.einsum("bi,bj->bij", predicted, truth) / n[:, None, None]
+        chance = (_WEIGHTS * expected).sum(axis=(1, 2))
+        qwk = np.where(chance > 0, 1 - (_WEIGHTS * cm).sum(axis=(1, 2)) / chance, 0.0)
+        r = REFERABLE_GRADE
+        sensitivity = cm[:, r:, r:].sum(axis=(1, 2)) / truth[:, r:].sum(axis=1)
+        specificity = cm[:, :r, :r].sum(axis=(1, 2)) / truth[:, :r].sum(axis=1)
+    return {
+        "accuracy": diag.sum(axis=1) / n,
+        "balanced_accuracy": balanced,
+        "qwk": qwk,
+        "macro_f1": f1.mean(axis=1),
+        "referable_sensitivity": sensitivity,
+        "referable_specificity": specificity,
+    }
 
 
-def _auc(positive: np.ndarray, score: np.ndarray) -> float:
-    """ROC-AUC as the Mann-Whitney statistic: the chance that a positive outscores a negative,
-    ties counting a half (average ranks), which is the ROC curve's trapezoidal area."""
-    order = np.argsort(score, kind="stable")
-    ranked = score[order]
-    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])  # each tie group's first
-    sizes = np.diff(np.r_[starts, len(ranked)])
-    ranks = np.empty(len(score))
-    ranks[order] = np.repeat(starts + (sizes + 1) / 2, sizes)  # 1-based, ties averaged
-    n_pos = int(positive.sum())
-    n_neg = len(score) - n_pos
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+def score_blocks(score: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """Each image's block of the sorted scores, for the AUC: tie groups in ascending score, with
+    runs of groups holding only negatives (or only positives) merged, which changes no term of
+    the Mann-Whitney sum and leaves far fewer columns to add up."""
+    _, group = np.unique(score, return_inverse=True)
+    groups = int(group.max()) + 1
+    has_pos = np.bincount(group[positive], minlength=groups) > 0
+    has_neg = np.bincount(group[~positive], minlength=groups) > 0
+    kind = has_pos.astype(np.int64) + 2 * has_neg  # 1 positives only, 2 negatives only, 3 both
+    new = np.ones(groups, dtype=bool)
+    new[1:] = (kind[1:] != kind[:-1]) | (kind[1:] == 3)
+    return (np.cumsum(new) - 1)[group]
+
+
+def weighted_auc(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """ROC-AUC per row from (B, blocks) positive and negative weights, blocks in ascending score:
+    the Mann-Whitney chance that a positive outscores a negative, ties a half, which is the ROC
+    curve's trapezoidal area."""
+    below = np.cumsum(neg, axis=1) - neg
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (pos * (below + 0.5 * neg)).sum(axis=1) / (pos.sum(axis=1) * neg.sum(axis=1))
 
 
 def confusion(labels, preds) -> np.ndarray:

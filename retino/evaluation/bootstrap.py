@@ -28,14 +28,13 @@ from scipy import sparse
 
 from retino.data.layouts import patient_of
 from retino.grades import NUM_CLASSES, REFERABLE_GRADE
+from retino.metrics import confusion_metrics, score_blocks, weighted_auc
 
 LEVEL = 0.95
 # the metrics that get an interval, as grading_metrics names them
 METRICS = ("accuracy", "balanced_accuracy", "qwk", "macro_f1", "referable_auc",
            "referable_sensitivity", "referable_specificity")  # fmt: skip
 CHUNK_CELLS = 2_000_000  # resamples x units per chunk: ~16 MB of counts at a time
-_GRADES = np.arange(NUM_CLASSES)
-_QUADRATIC = (_GRADES[:, None] - _GRADES[None, :]) ** 2.0
 
 
 @dataclass(frozen=True)
@@ -110,7 +109,7 @@ class Bootstrap:
         positive = y >= REFERABLE_GRADE
         with_auc = bool(positive.any() and (~positive).any())
         if with_auc:
-            block = _blocks(score, positive)
+            block = score_blocks(score, positive)
             blocks = int(block.max()) + 1
             pos = _incidence(unit[positive], block[positive], self.units.count, blocks)
             neg = _incidence(unit[~positive], block[~positive], self.units.count, blocks)
@@ -119,7 +118,7 @@ class Bootstrap:
             cm = (cells.T @ counts).T.reshape(-1, NUM_CLASSES, NUM_CLASSES)
             values = confusion_metrics(cm)
             if with_auc:
-                values["referable_auc"] = _auc((pos.T @ counts).T, (neg.T @ counts).T)
+                values["referable_auc"] = weighted_auc((pos.T @ counts).T, (neg.T @ counts).T)
             for key, value in values.items():
                 parts.setdefault(key, []).append(value)
         out = {key: np.concatenate(parts[key]) for key in METRICS if key in parts}
@@ -134,57 +133,6 @@ def _incidence(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int) -> 
     """(n_rows, n_cols) counts of the (row, col) pairs."""
     ones = np.ones(len(rows))
     return sparse.csr_array((ones, (rows, cols)), shape=(n_rows, n_cols))
-
-
-def confusion_metrics(cm: np.ndarray) -> dict[str, np.ndarray]:
-    """The metrics of a stack of (weighted) 5x5 confusion matrices (B, 5, 5), rows = true grade:
-    each a (B,) array, defined as `retino.metrics.grading_metrics` defines it."""
-    cm = np.asarray(cm, dtype=np.float64)
-    n = cm.sum(axis=(1, 2))
-    diag = np.diagonal(cm, axis1=1, axis2=2)
-    truth, predicted = cm.sum(axis=2), cm.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        recall = np.where(truth > 0, diag / truth, np.nan)
-        # sklearn's balanced accuracy: mean recall over the grades present in the labels
-        balanced = np.nanmean(recall, axis=1)
-        f1 = np.where(truth + predicted > 0, 2 * diag / (truth + predicted), 0.0)
-        expected = np.einsum("bi,bj->bij", truth, predicted) / n[:, None, None]
-        chance = (expected * _QUADRATIC).sum(axis=(1, 2))
-        observed = (cm * _QUADRATIC).sum(axis=(1, 2))
-        qwk = np.where(chance > 0, 1 - observed / chance, 0.0)  # undefined: 0 (retino.metrics)
-        r = REFERABLE_GRADE
-        sensitivity = cm[:, r:, r:].sum(axis=(1, 2)) / truth[:, r:].sum(axis=1)
-        specificity = cm[:, :r, :r].sum(axis=(1, 2)) / truth[:, :r].sum(axis=1)
-    return {
-        "accuracy": diag.sum(axis=1) / n,
-        "balanced_accuracy": balanced,
-        "qwk": qwk,
-        "macro_f1": f1.mean(axis=1),
-        "referable_sensitivity": sensitivity,
-        "referable_specificity": specificity,
-    }
-
-
-def _blocks(score: np.ndarray, positive: np.ndarray) -> np.ndarray:
-    """Each image's block of the sorted scores, for the AUC: tie groups in ascending score, with
-    runs of groups holding only negatives (or only positives) merged, which changes no term of
-    the Mann-Whitney sum and leaves far fewer columns to add up."""
-    _, group = np.unique(score, return_inverse=True)
-    groups = int(group.max()) + 1
-    has_pos = np.bincount(group[positive], minlength=groups) > 0
-    has_neg = np.bincount(group[~positive], minlength=groups) > 0
-    kind = has_pos.astype(np.int64) + 2 * has_neg  # 1 positives only, 2 negatives only, 3 both
-    new = np.ones(groups, dtype=bool)
-    new[1:] = (kind[1:] != kind[:-1]) | (kind[1:] == 3)
-    return (np.cumsum(new) - 1)[group]
-
-
-def _auc(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
-    """Weighted Mann-Whitney AUC per row from (B, blocks) positive and negative weights, blocks
-    in ascending score: P(positive scores above negative), ties a half."""
-    below = np.cumsum(neg, axis=1) - neg
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (pos * (below + 0.5 * neg)).sum(axis=1) / (pos.sum(axis=1) * neg.sum(axis=1))
 
 
 def interval(values: np.ndarray, point: float, level: float = LEVEL) -> tuple[float, float]:

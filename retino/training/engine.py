@@ -27,7 +27,7 @@ from retino.config import DEVICE, Config, TrainConfig
 from retino.data.transforms import BatchTransform
 from retino.errors import RetinoError
 from retino.grades import NUM_CLASSES
-from retino.metrics import quick_metrics
+from retino.metrics import counts_qwk
 from retino.training.distributed import Dist, all_sum, gather_ordered
 from retino.training.heads import CE, Head
 
@@ -121,7 +121,7 @@ def train_one_epoch(
     total_loss, correct, seen, counts = sums.read(epoch, optimizer)
     # one collective for all: float64 holds counts exactly up to 2**53
     total_loss, correct, seen, *cells = all_sum(job, [total_loss, correct, seen, *counts], device)
-    qwk = _qwk_of_counts(np.asarray(cells, dtype=np.int64).reshape(NUM_CLASSES, NUM_CLASSES))
+    qwk = counts_qwk(np.asarray(cells, dtype=np.int64).reshape(NUM_CLASSES, NUM_CLASSES))
     return {
         "loss": total_loss / seen,
         "acc": correct / seen,
@@ -182,14 +182,6 @@ def _show(bar: tqdm, sums: tuple[float, int, int, list], start: float) -> None:
     total, correct, seen, _ = sums
     rate = seen / (time.perf_counter() - start)
     bar.set_postfix(loss=f"{total / seen:.4f}", acc=f"{correct / seen:.3f}", img_s=f"{rate:.0f}")
-
-
-def _qwk_of_counts(cm: np.ndarray) -> float:
-    """QWK of a confusion matrix (rows true, columns predicted), via the (label, prediction)
-    pairs it counts: the same function as validation's, so train and val QWK compare exactly."""
-    true, predicted = np.indices(cm.shape).reshape(2, -1)
-    pairs = cm.reshape(-1)
-    return quick_metrics(np.repeat(true, pairs), np.repeat(predicted, pairs))["qwk"]
 
 
 def _progress(loader: DataLoader, desc: str, job: Dist, show: bool = True) -> tqdm:

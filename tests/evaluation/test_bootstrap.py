@@ -3,15 +3,8 @@
 import numpy as np
 import pytest
 
-from retino.evaluation.bootstrap import (
-    METRICS,
-    Bootstrap,
-    confusion_metrics,
-    interval,
-    units,
-    with_intervals,
-)
-from retino.metrics import grading_metrics
+from retino.evaluation.bootstrap import METRICS, Bootstrap, interval, units, with_intervals
+from retino.metrics import confusion_metrics, grading_metrics
 
 PRIOR = [0.55, 0.12, 0.18, 0.09, 0.06]
 
