@@ -34,15 +34,17 @@ def validate(
     root = Path(root)
     report = read_layout(root)
     located = [(s.path, report.where[s.path]) for split in report.samples.values() for s in split]
-    jobs = [(root / rel, max_pixels, decode) for rel, _ in located]
-    for (_, where), problem in zip(located, _check_all(jobs, decode, workers), strict=True):
+    paths = [root / rel for rel, _ in located]
+    for (_, where), problem in zip(located, _check_all(paths, max_pixels, decode, workers),
+                                   strict=True):  # fmt: skip
         if problem:
             report.problems.append(f"{where}: {problem}")
     return report
 
 
-def _check_all(jobs: list[tuple], decode: bool, workers: int) -> list[str | None]:
+def _check_all(paths: list[Path], max_pixels: int, decode: bool, workers: int) -> list[str | None]:
     """The problem of each image (None when it passes), in order, with a progress bar."""
+    jobs = [(path, max_pixels, decode) for path in paths]
     bar = dict(total=len(jobs), desc="decoding" if decode else "checking", unit="img",
                leave=False, disable=None)  # fmt: skip
     per_task = CHUNK[decode]
