@@ -182,3 +182,32 @@ def commit(root: Path, cmd: list[str]) -> None:
 def test_status_of_an_unknown_job(repo, capsys):
     status, _, err = sweep(capsys, "--status", "77")
     assert status == 2 and err.startswith("error: no sweep job 77 was submitted from this repo")
+
+
+def test_a_requeued_task_runs_past_the_lock_table_its_stopped_dvc_left_empty(repo, capsys):
+    """Slurm stops a task with signals; one landing while DVC rewrites .dvc/tmp/rwlock leaves
+    the file empty, and the task run again must still train its cell and push it."""
+    (repo / "dvc.yaml").write_text(
+        "stages:\n  cell:\n    cmd: test -f ../go && echo trained > out.txt\n"
+        "    params: [seed]\n    outs: [out.txt]\n"
+    )  # fails until ../go exists: the first task stops, leaving its copy
+    commit(repo, ["git", "add", "dvc.yaml"])
+    status, text, err = sweep(capsys, "--slurm", "-S", "seed=3", "--dry-run")
+    assert status == 0, err
+    env = project_env(SLURM_ARRAY_TASK_ID="0", MLFLOW_TRACKING_URI=URI)
+
+    def task() -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-c", text], cwd=repo, env=env, capture_output=True,
+                              text=True, timeout=120, check=False)  # fmt: skip
+
+    first = task()
+    assert first.returncode != 0 and "a new copy of" in first.stdout, first.stdout + first.stderr
+    (work,) = (repo / ".dvc" / "tmp" / "sweeps").glob("*/*-seed=3")
+    (work / ".dvc" / "tmp" / "rwlock").write_text("")  # as a DVC killed mid-write leaves it
+    (work.parent / "go").touch()
+    again = task()
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"{work.name}: continuing in {work}" in again.stdout
+    remote = str(repo.parent / "remote.git")
+    pushed = run(["dvc", "exp", "list", remote, "--all-commits", "--name-only"], repo, env)
+    assert work.name in pushed.split() and not work.exists()
