@@ -34,8 +34,10 @@ def preprocess_image(source: Source, size: int, normalize: str, max_pixels: int)
 def find_disc(image: Image.Image) -> tuple[float, float, float]:
     """(cx, cy, r) of the retina disc in `image`'s pixels, found on a small copy of it."""
     width, height = image.size
-    probe = image.resize(probe_size(width, height), Image.Resampling.BOX)
-    return disc_in_probe(np.asarray(probe, dtype=np.float32).max(axis=2), width, height)
+    rgb = np.asarray(image.resize(probe_size(width, height), Image.Resampling.BOX))
+    # the channel maximum, two elementwise passes: numpy's max over a last axis of 3 takes ~40x
+    lum = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
+    return disc_in_probe(lum.astype(np.float32), width, height)
 
 
 def probe_size(width: int, height: int) -> tuple[int, int]:
