@@ -178,7 +178,8 @@ def _load(
 ) -> dict:  # fmt: skip
     """POST every body (of `per_request` photographs), `concurrency` at a time: latencies,
     images/s, failed requests (with `check`, a request fails unless all its rows were graded),
-    and the CPU time the process tree of `server` (a PID) spent per photograph."""
+    and the CPU time per photograph of the process tree of `server` (a PID) and of this
+    process, the client, which shares the machine's cores with the server."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def post(body: bytes) -> tuple[float, str]:
@@ -194,12 +195,12 @@ def _load(
         problem = "" if graded or not check else str(rows)[:200]
         return time.perf_counter() - start, problem
 
-    cpu = _tree_cpu(server) if server else 0.0
+    cpu, client = (_tree_cpu(server) if server else 0.0), _own_cpu()
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         answers = list(pool.map(post, bodies))
     wall = time.perf_counter() - start
-    cpu = _tree_cpu(server) - cpu if server else 0.0
+    cpu, client = (_tree_cpu(server) - cpu if server else 0.0), _own_cpu() - client
     latency = np.array([a[0] for a in answers])
     errors = [a[1] for a in answers if a[1]]
     for error in errors[:3]:
@@ -207,7 +208,8 @@ def _load(
     p50, p95 = np.percentile(latency, [50, 95]).tolist()
     images = len(bodies) * per_request
     return {"seconds": wall, "rate": images / wall, "errors": len(errors), "p50": p50,
-            "p95": p95, "cpu_ms": cpu / images * 1000}  # fmt: skip
+            "p95": p95, "cpu_ms": cpu / images * 1000,
+            "client_cpu_ms": client / images * 1000}  # fmt: skip
 
 
 def _tree_mb(pid: int) -> float:
@@ -242,6 +244,7 @@ def _report(requests, per_request, concurrency, frame, distinct, workers, thread
     ratio = fast_served["rate"] / fast_predict["rate"]
     cpu_served = float(np.median([r["cpu_ms"] for r in served]))
     cpu_predict = float(np.median([r["cpu_ms"] for r in predicted]))
+    cpu_client = float(np.median([r["client_cpu_ms"] for r in served]))
     lines = [
         f"retino bench serve: {requests} requests of {per_request} {frame[0]}x{frame[1]} "
         f"photograph(s) ({distinct} different), {concurrency} at a time; {arch} at {size} px; "
@@ -250,18 +253,20 @@ def _report(requests, per_request, concurrency, frame, distinct, workers, thread
         f"up in {up_s:.1f} s",
         "",
         f"{'round':<7}{'path':<16}{'images/s':>9}{'CPU ms/img':>11}{'p50 s':>7}{'p95 s':>7}"
-        f"{'errors':>7}{'load':>6}",
+        f"{'errors':>7}{'load':>6}{'client CPU':>11}",
     ]
     for r, (pred, serve) in enumerate(zip(predicted, served, strict=True)):
         lines.append(f"{r + 1:<7}{'retino predict':<16}{pred['rate']:>9.1f}{pred['cpu_ms']:>11.1f}"
                      f"{'':>14}{pred['failed']:>7}{load[r]:>6.2f}")  # fmt: skip
         lines.append(f"{r + 1:<7}{'served':<16}{serve['rate']:>9.1f}{serve['cpu_ms']:>11.1f}"
-                     f"{serve['p50']:>7.3f}{serve['p95']:>7.3f}{serve['errors']:>7}")  # fmt: skip
+                     f"{serve['p50']:>7.3f}{serve['p95']:>7.3f}{serve['errors']:>7}{'':>6}"
+                     f"{serve['client_cpu_ms']:>11.1f}")  # fmt: skip
     rounds = ", ".join(f"{v:.0f}" for v in rss[2:])
     lines += [
         "",
         f"served / retino predict, fastest rounds: {ratio:.2f} in images/s; "
-        f"{cpu_predict / cpu_served:.2f} in CPU time per image (medians)",
+        f"{cpu_predict / cpu_served:.2f} in CPU time per image (medians); the client, on the "
+        f"same cores, {cpu_client:.1f} ms of CPU per image",
         f"server RSS (process tree), MB: {rss[0]:.0f} up, {rss[1]:.0f} after the warm-up, "
         f"after each round {rounds}"
         + "".join(f", after 4 x {NEAR_LIMIT_MB} MB {v:.0f}" for v in big_rss),
@@ -274,7 +279,7 @@ def _report(requests, per_request, concurrency, frame, distinct, workers, thread
         "served_images_per_s": round(fast_served["rate"], 2),
         "predict_images_per_s": round(fast_predict["rate"], 2), "ratio": round(ratio, 3),
         "served_cpu_ms": round(cpu_served, 1), "predict_cpu_ms": round(cpu_predict, 1),
-        "cpu_ratio": round(cpu_predict / cpu_served, 3),
+        "cpu_ratio": round(cpu_predict / cpu_served, 3), "client_cpu_ms": round(cpu_client, 1),
         "p50_s": round(fast_served["p50"], 4), "p95_s": round(fast_served["p95"], 4),
         "errors": sum(r["errors"] for r in served), "rss_mb": [round(v, 1) for v in rss],
         "near_limit_rss_mb": [round(v, 1) for v in big_rss],

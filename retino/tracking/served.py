@@ -8,8 +8,8 @@ the other rows are graded. A request over the limits (retino.tracking.logged_mod
 whole before any image is decoded. The request and answer are described there.
 """
 
-import base64
 import binascii
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from mlflow.protos.databricks_pb2 import BAD_REQUEST
 
 from retino.data.images import Upload
 from retino.evaluation.predict import Predictor, grade_photos, load_predictor
+from retino.tracking.batching import SharedForward
 from retino.tracking.logged_model import CHECKPOINT, IDENTITY, MAX_IMAGES, MAX_REQUEST_MB
 
 _logger = logging.getLogger(__name__)
@@ -28,7 +29,10 @@ _logger = logging.getLogger(__name__)
 class GradingModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         checkpoint = Path(context.artifacts[CHECKPOINT])
-        self.predictor = load_predictor(str(checkpoint))
+        pred = load_predictor(str(checkpoint))
+        # the server grades requests in threads: concurrent ones share the network's batches
+        shared = SharedForward(pred.model, pred.cfg.eval.batch_size)
+        self.predictor = dataclasses.replace(pred, model=shared)
         self.identity = identity(checkpoint.parents[1])  # <model>/artifacts/best.pt
 
     # a DataFrame hint: MLflow infers no signature from it (the logged one stands)
@@ -55,16 +59,15 @@ def grade_request(pred: Predictor, frame: pd.DataFrame, model: dict[str, str]) -
         keys = [str(v) if _given(v) and i not in errors else "" for i, v in
                 enumerate(frame["eye_pair"])]  # fmt: skip
     graded, unreadable = grade_photos(pred, uploads, pair_keys=keys, progress=False)
-    outputs = pred.head.columns  # float32 from the network: as float64, 0.25 reads 0.25 in JSON
-    graded[outputs] = graded[outputs].astype("float64").round(6)
-    rows = graded.drop(columns="name").to_dict("index")  # native ints, floats and strings
-    ungraded = dict.fromkeys(graded.columns.drop("name"))  # JSON null: NaN is no JSON
+    columns = list(graded.columns[1:])  # all but name: the request's id stands for it
+    # native ints, floats and strings per row; an ungraded row's are JSON null (NaN is no JSON)
+    rows = dict(zip(graded.index, graded[columns].itertuples(index=False, name=None), strict=True))
+    ungraded, which = (None,) * len(columns), [model[key] for key in IDENTITY]
     answer = [
-        {"id": name, **rows.get(i, ungraded),
-         "error": errors.get(i) or unreadable.get(i, ""), **model}
+        (name, *rows.get(i, ungraded), errors.get(i) or unreadable.get(i, ""), *which)
         for i, name in enumerate(names)
-    ]  # fmt: skip
-    return pd.DataFrame(answer, columns=["id", *ungraded, "error", *IDENTITY], dtype=object)
+    ]
+    return pd.DataFrame(answer, columns=["id", *columns, "error", *IDENTITY], dtype=object)
 
 
 def _check_limits(images: pd.Series) -> None:
@@ -90,10 +93,12 @@ def _from_base64(text: object) -> bytes:
         raise ValueError("no base64 text (null or not a string); send the photograph's bytes")
     if text.startswith("data:"):
         text = text.partition(",")[2]
-    try:
-        return base64.b64decode("".join(text.split()), validate=True)
-    except binascii.Error:
-        raise ValueError("not valid base64; send the photograph's bytes base64-encoded") from None
+    for attempt in (text, "".join(text.split())):  # line breaks are rare: removed on demand
+        try:
+            return binascii.a2b_base64(attempt, strict_mode=True)
+        except ValueError:  # binascii.Error, or a character that is not ASCII
+            continue
+    raise ValueError("not valid base64; send the photograph's bytes base64-encoded")
 
 
 def identity(model_dir: Path) -> dict[str, str]:

@@ -140,6 +140,7 @@ def test_bench_serve_loads_a_served_model_beside_retino_predict():
     assert result["served_images_per_s"] > 0 and result["predict_images_per_s"] > 0
     ratio = result["served_images_per_s"] / result["predict_images_per_s"]
     assert abs(result["ratio"] - ratio) < 0.01
+    assert result["served_cpu_ms"] > 0 and result["client_cpu_ms"] > 0
     assert len(result["rss_mb"]) == 3 and all(mb > 100 for mb in result["rss_mb"])
     assert len(result["near_limit_rss_mb"]) == 1
     assert "served" in proc.stdout and "retino predict" in proc.stdout

@@ -11,6 +11,7 @@ import shutil
 import socket
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
@@ -83,6 +84,7 @@ def hostile(tmp: Path) -> dict[str, tuple[str, str]]:
         "sixteen-bit": (b64(deep.getvalue()), "has pixel mode I;16 (16-bit or float)"),
         "empty": ("", "is empty (0 bytes)"),
         "not-base64": ("%%% not base64 %%%", "not valid base64"),
+        "not-ascii": ("/9j/4AAQ\u00e9", "not valid base64"),
         "gif": (b64(gif.getvalue()), "is not a JPEG or PNG image"),
     }
 
@@ -287,6 +289,18 @@ def test_mlflow_models_serve_grades_camera_frames_and_survives_hostile_uploads(
         for p in PROBS:  # JSON carries the 6 decimals retino predict writes
             np.testing.assert_allclose(graded[p], graded[f"{p}_predict"], rtol=0, atol=1e-6)
         assert f"{NAME}/1" in answer.model_version[0].split(", ")
+
+        # a photograph per request, all at once: the server runs them as shared batches, and
+        # each request gets its own photograph's answer
+        bodies = [split([p.name], [images[p.name]]) for p in frames * 2]
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            answers = list(pool.map(lambda body: post(server.url, body), bodies))
+        for p, (status, body) in zip(frames * 2, answers, strict=True):
+            assert status == 200, body
+            (row,) = body["predictions"]
+            want = expected[expected.id == p.name].iloc[0]
+            assert row["id"] == p.name and row["grade"] == want.grade
+            assert [row[c] for c in PROBS] == pytest.approx(want[PROBS].tolist(), abs=1e-6)
 
         # over the stated limit: refused whole, with the reason; the server stays up
         huge = "A" * (logged_model.MAX_REQUEST_MB * 1_000_000 + 4)
