@@ -56,7 +56,6 @@ class BatchTransform:
         # the warp and the jitter work on 0-255 pixels: normalise after them
         x = self._to_float(images, hflip, vflip, normalise=not warp, u=u)
         if warp:
-            u = u.to(self.device)
             if cfg.rotation > 0 or cfg.scale_min < 1:
                 x = _affine(x, u[:, 2:6], cfg)
             if cfg.color_jitter > 0:
