@@ -59,7 +59,7 @@ def grade_request(pred: Predictor, frame: pd.DataFrame, model: dict[str, str]) -
         keys = [str(v) if _given(v) and i not in errors else "" for i, v in
                 enumerate(frame["eye_pair"])]  # fmt: skip
     graded, unreadable = grade_photos(pred, uploads, pair_keys=keys, progress=False)
-    columns = list(graded.columns[1:])  # all but name: the request's id stands for it
+    columns = [c for c in graded.columns if c != "name"]  # the request's id stands for it
     # native ints, floats and strings per row; an ungraded row's are JSON null (NaN is no JSON)
     rows = dict(zip(graded.index, graded[columns].itertuples(index=False, name=None), strict=True))
     ungraded, which = (None,) * len(columns), [model[key] for key in IDENTITY]
